@@ -1,0 +1,150 @@
+"""Configuration: frozen dataclasses, one per owner, validated once.
+
+This is the only module that reads environment variables. Components receive the config
+object (or the few fields they need) in `__init__`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def seekserve_home() -> Path:
+    """Root of SeekServe's files (model cache): `$SEEKSERVE_HOME`, default ~/.cache/seekserve."""
+    return Path(os.environ.get("SEEKSERVE_HOME") or Path.home() / ".cache" / "seekserve")
+
+
+def parse_size_bytes(text: str | int) -> int:
+    """'2GiB', '512M', '1g', '1048576' -> bytes (binary units)."""
+    if isinstance(text, int):
+        return text
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", text.lower())
+    if not match:
+        raise ValueError(f"invalid size {text!r}; use a number with an optional unit, e.g. 2GiB")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU has AVX512-BF16 or AMX-BF16 (bf16 matmul faster than fp32)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(name: str, device: str) -> torch.dtype:
+    """'auto' → bf16 on CUDA or on CPUs with AVX512-BF16/AMX, else fp32; logs the choice."""
+    if name != "auto":
+        if name not in _DTYPES:
+            raise ValueError(f"unknown dtype {name!r}; choose auto, {', '.join(_DTYPES)}")
+        logger.info("compute dtype %s (set by --dtype)", name)
+        return _DTYPES[name]
+    if device.startswith("cuda"):
+        reason, dtype = "CUDA device", torch.bfloat16
+    elif cpu_has_fast_bf16():
+        reason, dtype = "CPU has AVX512-BF16/AMX", torch.bfloat16
+    else:
+        reason, dtype = "CPU lacks AVX512-BF16/AMX", torch.float32
+    logger.info("compute dtype %s (auto: %s)", str(dtype).removeprefix("torch."), reason)
+    return dtype
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    model: str
+    """A GGUF file, a Hugging Face directory, or a catalogue name (`seekserve pull NAME`)."""
+    served_model_name: str = "deepseek-chat"
+    """The name clients send in `model`."""
+    dtype: str = "auto"
+    """Compute dtype: auto | float32 | bfloat16 | float16."""
+    device: str = "cpu"
+    """torch device the weights and KV cache live on."""
+    max_model_len: int | None = None
+    """Context length (prompt + output); default: the model's trained context."""
+    max_output_tokens: int = 8192
+    """Upper bound of `max_tokens` (DeepSeek: 8192 for deepseek-chat)."""
+    default_max_tokens: int = 4096
+    """`max_tokens` when a request omits it (DeepSeek Classic: 4096), capped by the context."""
+
+    def __post_init__(self) -> None:
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise ValueError(f"max_model_len ({self.max_model_len}) must be >= 2")
+        if not 1 <= self.default_max_tokens <= self.max_output_tokens:
+            raise ValueError(
+                f"default_max_tokens ({self.default_max_tokens}) must be in "
+                f"[1, max_output_tokens={self.max_output_tokens}]"
+            )
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    block_size: int = 16
+    """Tokens per KV block."""
+    kv_cache_memory_bytes: int = 1 << 30
+    """Memory budget of the KV block pool (all layers, K and V)."""
+    num_blocks: int | None = None
+    """Exact pool size; overrides kv_cache_memory_bytes (tests)."""
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1 or self.block_size & (self.block_size - 1):
+            raise ValueError(f"block_size ({self.block_size}) must be a power of two")
+        if self.num_blocks is not None and self.num_blocks < 1:
+            raise ValueError(f"num_blocks ({self.num_blocks}) must be >= 1")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_num_seqs: int = 64
+    """Most requests in the running set."""
+    max_num_batched_tokens: int = 512
+    """Token budget of one step, shared by decodes and prefill chunks."""
+
+    def __post_init__(self) -> None:
+        if self.max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs ({self.max_num_seqs}) must be >= 1")
+        if self.max_num_batched_tokens < self.max_num_seqs:
+            raise ValueError(
+                f"max_num_batched_tokens ({self.max_num_batched_tokens}) < max_num_seqs "
+                f"({self.max_num_seqs}): every running request needs a token per step; raise "
+                "--max-num-batched-tokens or lower --max-num-seqs"
+            )
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_keys: tuple[str, ...] = ()
+    """Accepted bearer keys; empty means no authentication."""
+    system_fingerprint: str = "fp_seekserve"
+    """`system_fingerprint` of every response."""
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model: ModelConfig
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    seed: int = 0
+    """Seed of the sampling generator."""
+    num_threads: int | None = None
+    """torch intra-op threads; default: torch's choice (`SEEKSERVE_NUM_THREADS` overrides)."""
+
+    @staticmethod
+    def env_num_threads() -> int | None:
+        value = os.environ.get("SEEKSERVE_NUM_THREADS")
+        return int(value) if value else None

@@ -1,0 +1,137 @@
+"""The engine: `add_request` / `abort_request` / `step`, over a scheduler and a model runner.
+
+    engine = Engine.from_config(config, eos_token_ids)
+    engine.add_request("r1", prompt_token_ids, SamplingParams(max_tokens=32))
+    while engine.has_unfinished_requests():
+        outputs = engine.step()
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from seekserve.config import EngineConfig, resolve_dtype
+from seekserve.engine.kv_cache import KVCacheManager
+from seekserve.engine.outputs import EngineOutput
+from seekserve.engine.request import Request
+from seekserve.engine.scheduler import Scheduler
+from seekserve.models.config import ModelArchConfig
+from seekserve.runner.model_runner import ModelRunner, kv_bytes_per_block
+from seekserve.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+
+class Engine:
+    def __init__(
+        self,
+        config: EngineConfig,
+        model: nn.Module,
+        arch: ModelArchConfig,
+        dtype: torch.dtype,
+        eos_token_ids: frozenset[int],
+    ) -> None:
+        self.config = config
+        self.arch = arch
+        self.dtype = dtype
+        self.eos_token_ids = eos_token_ids
+        block_size = config.cache.block_size
+        num_blocks = config.cache.num_blocks or max(
+            1, config.cache.kv_cache_memory_bytes // kv_bytes_per_block(arch, block_size, dtype)
+        )
+        pool_tokens = num_blocks * block_size
+        wanted_len = config.model.max_model_len or arch.max_position_embeddings
+        self.max_model_len = min(wanted_len, pool_tokens, arch.max_position_embeddings)
+        if self.max_model_len < wanted_len:
+            logger.warning(
+                "max_model_len lowered from %d to %d: the KV pool holds %d tokens and the "
+                "model was trained for %d; raise --kv-cache-memory for longer contexts",
+                wanted_len,
+                self.max_model_len,
+                pool_tokens,
+                arch.max_position_embeddings,
+            )
+        self.kv_cache = KVCacheManager(num_blocks, block_size)
+        self.scheduler = Scheduler(config.scheduler, self.kv_cache)
+        self.runner = ModelRunner(
+            model, arch, num_blocks, block_size, dtype, config.model.device, config.seed
+        )
+        logger.info(
+            "KV cache: %d blocks of %d tokens (%d tokens, %.0f MiB), max_model_len %d",
+            num_blocks,
+            block_size,
+            pool_tokens,
+            num_blocks * kv_bytes_per_block(arch, block_size, dtype) / 2**20,
+            self.max_model_len,
+        )
+
+    @classmethod
+    def from_config(cls, config: EngineConfig, eos_token_ids: frozenset[int]) -> Engine:
+        """Load the weights named by `config.model.model` (a resolved local path)."""
+        from seekserve.loader.model_loader import load_model
+
+        threads = config.num_threads or EngineConfig.env_num_threads()
+        if threads:
+            torch.set_num_threads(threads)
+        dtype = resolve_dtype(config.model.dtype, config.model.device)
+        model, arch = load_model(Path(config.model.model), dtype, config.model.device)
+        return cls(config, model, arch, dtype, eos_token_ids)
+
+    # -- requests ------------------------------------------------------------------------
+
+    def add_request(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        arrival_time: float | None = None,
+    ) -> None:
+        """Queue a request. The caller has checked prompt + max_tokens <= max_model_len."""
+        if not prompt_token_ids:
+            raise ValueError("prompt_token_ids is empty")
+        if len(prompt_token_ids) >= self.max_model_len:
+            raise ValueError(
+                f"prompt of {len(prompt_token_ids)} tokens leaves no room for output "
+                f"(max_model_len {self.max_model_len})"
+            )
+        self.scheduler.add_request(
+            Request(
+                request_id=request_id,
+                prompt_token_ids=list(prompt_token_ids),
+                sampling_params=params,
+                eos_token_ids=self.eos_token_ids,
+                max_model_len=self.max_model_len,
+                arrival_time=time.monotonic() if arrival_time is None else arrival_time,
+            )
+        )
+
+    def abort_request(self, request_id: str) -> EngineOutput | None:
+        """Finish the request now and free its blocks; None if it is not (or no longer) here."""
+        request = self.scheduler.abort_request(request_id)
+        if request is None:
+            return None
+        return EngineOutput(request_id, [], "abort", request.num_prompt_tokens)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished_requests()
+
+    # -- the step loop -------------------------------------------------------------------
+
+    def step(self) -> list[EngineOutput]:
+        """schedule → run → update; returns the new tokens of this step."""
+        scheduler_output = self.scheduler.schedule()
+        if scheduler_output.is_empty:
+            return []
+        requests = self.scheduler.requests
+        sampling = [s.request_id for s in scheduler_output.scheduled if s.needs_sample]
+        sampled = self.runner.execute(
+            scheduler_output,
+            {rid: requests[rid].sampling_params for rid in sampling},
+            {rid: requests[rid].output_token_ids for rid in sampling},
+        )
+        return self.scheduler.update(scheduler_output, sampled)

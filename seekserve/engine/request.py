@@ -1,0 +1,81 @@
+"""One generation request as the engine sees it: token ids and progress, no text.
+
+The single progress variable is `num_computed_tokens`, which catches up with `num_tokens`:
+
+    token_ids:  | prompt ............................ | output ..... |
+                |<-- num_computed_tokens -->|<- scheduled this step ->|
+                                                      ^ a step that reaches num_tokens samples
+
+Prefill, chunked prefill, recompute after preemption and decode are all "schedule some of the
+tokens not yet computed".
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from seekserve.sampling_params import SamplingParams
+
+
+class RequestStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass(slots=True, eq=False)
+class Request:
+    request_id: str
+    prompt_token_ids: list[int]
+    sampling_params: SamplingParams
+    eos_token_ids: frozenset[int]
+    """Token ids that end generation (unless `sampling_params.ignore_eos`)."""
+    max_model_len: int
+    """Generation ends with `length` when prompt + output reaches this."""
+    arrival_time: float = 0.0
+    token_ids: list[int] = field(init=False)
+    """prompt + output, kept as one list so a step reads a slice without copying both."""
+    num_computed_tokens: int = 0
+    status: RequestStatus = RequestStatus.WAITING
+    finish_reason: str | None = None
+    """"stop", "length" or "abort" once finished."""
+    num_preemptions: int = 0
+
+    def __post_init__(self) -> None:
+        self.token_ids = list(self.prompt_token_ids)
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_token_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - len(self.prompt_token_ids)
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.token_ids[len(self.prompt_token_ids) :]
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status is RequestStatus.FINISHED
+
+    def append_output_token(self, token_id: int) -> None:
+        """Record a sampled token and finish the request if it ends generation."""
+        self.token_ids.append(token_id)
+        params = self.sampling_params
+        if not params.ignore_eos and token_id in self.eos_token_ids:
+            self.finish("stop")
+        elif token_id in params.stop_token_ids:
+            self.finish("stop")
+        elif self.num_output_tokens >= params.max_tokens or self.num_tokens >= self.max_model_len:
+            self.finish("length")
+
+    def finish(self, reason: str) -> None:
+        self.status = RequestStatus.FINISHED
+        self.finish_reason = reason

@@ -1,0 +1,106 @@
+"""SeekServe's exceptions and the one map from them to HTTP statuses and DeepSeek error bodies.
+
+    SeekServeError
+     ├── ApiError                 a request the client can fix; status + DeepSeek envelope
+     │    ├── InvalidRequest      400  bad value or unsupported field
+     │    │    ├── ContextTooLong 400  prompt + max_tokens over the context length
+     │    │    ├── UnknownModel   400  "Model Not Exist"
+     │    │    └── NotSupported   400  a feature this server does not offer (yet)
+     │    ├── InvalidParameters   422  well-formed JSON of the wrong shape or types
+     │    ├── AuthenticationFailed 401
+     │    ├── NotFound            404
+     │    └── Overloaded          503  admission queue full
+     └── EngineError              500  internal; logged with traceback, generic text to client
+
+Code raises; only `error_body` (used by the API's exception handlers) formats. The body shape
+is DeepSeek's (spec §13.1): `{"error": {"message", "type", "param": null, "code":
+"invalid_request_error"}}` — `code` is always "invalid_request_error", also for 401.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SeekServeError(Exception):
+    """Root of every error SeekServe raises on purpose."""
+
+
+class ApiError(SeekServeError):
+    """An error answered to the client with `status` and the DeepSeek envelope."""
+
+    status: int = 400
+    error_type: str = "invalid_request_error"
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class InvalidRequest(ApiError):
+    status = 400
+
+
+class ContextTooLong(InvalidRequest):
+    @classmethod
+    def for_lengths(cls, max_model_len: int, num_prompt: int, num_output: int) -> ContextTooLong:
+        return cls(
+            f"This model's maximum context length is {max_model_len} tokens. However, you "
+            f"requested {num_prompt + num_output} tokens ({num_prompt} in the messages, "
+            f"{num_output} in the completion). Please reduce the length of the messages or "
+            "completion.",
+            param="messages",
+        )
+
+
+class UnknownModel(InvalidRequest):
+    def __init__(self, model: str, hint: str = "") -> None:
+        # DeepSeek's text is exactly "Model Not Exist"; a hint may follow it.
+        super().__init__("Model Not Exist" + (f" ({hint})" if hint else ""), param="model")
+        self.model = model
+
+
+class NotSupported(InvalidRequest):
+    pass
+
+
+class InvalidParameters(ApiError):
+    status = 422
+
+
+class AuthenticationFailed(ApiError):
+    status = 401
+    error_type = "authentication_error"
+
+
+class NotFound(ApiError):
+    status = 404
+
+
+class Overloaded(ApiError):
+    status = 503
+    error_type = "server_overloaded"
+
+
+class EngineError(SeekServeError):
+    """An internal failure; the client sees 500 with a generic message."""
+
+
+def error_body(message: str, error_type: str, param: str | None = None) -> dict[str, Any]:
+    """The DeepSeek error envelope."""
+    return {
+        "error": {
+            "message": message,
+            "type": error_type,
+            "param": param,
+            "code": "invalid_request_error",
+        }
+    }
+
+
+def to_status_and_body(exc: BaseException) -> tuple[int, dict[str, Any]]:
+    """The one mapping from an exception to (HTTP status, body)."""
+    if isinstance(exc, ApiError):
+        return exc.status, error_body(exc.message, exc.error_type, exc.param)
+    return 500, error_body("Server Error: an internal error occurred", "server_error")

@@ -1,0 +1,1 @@
+"""Model loading: GGUF files (header + dequantized weights) and the local model cache."""

@@ -1,0 +1,81 @@
+"""Build a model module and fill it from a GGUF file or a Hugging Face directory."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from seekserve.models.config import ModelArchConfig
+from seekserve.models.registry import build_model
+
+logger = logging.getLogger(__name__)
+
+
+def read_arch_config(path: Path) -> ModelArchConfig:
+    if path.is_dir():
+        from seekserve.loader.safetensors_dir import read_hf_arch_config
+
+        return read_hf_arch_config(path)
+    from seekserve.loader.gguf import read_gguf_arch_config
+
+    return read_gguf_arch_config(path)
+
+
+def load_weights(path: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    if path.is_dir():
+        from seekserve.loader.safetensors_dir import load_safetensors_weights
+
+        return load_safetensors_weights(path, dtype)
+    from seekserve.loader.gguf import load_gguf_weights
+
+    return load_gguf_weights(path, dtype)
+
+
+def load_model(
+    path: Path, dtype: torch.dtype, device: torch.device | str
+) -> tuple[nn.Module, ModelArchConfig]:
+    """The model in eval mode on `device`, every parameter in `dtype`."""
+    start = time.perf_counter()
+    cfg = read_arch_config(path)
+    with torch.device("meta"):
+        model = build_model(cfg)
+    weights = load_weights(path, dtype)
+    if cfg.tie_word_embeddings:
+        weights.pop("lm_head.weight", None)
+    missing, unexpected = _check_names(model, weights)
+    if missing or unexpected:
+        raise ValueError(
+            f"weights of {path} do not match architecture {cfg.architecture!r}: "
+            f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    model.load_state_dict(weights, strict=False, assign=True)
+    if cfg.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    # buffers (rotary tables) were created on the meta device: compute them for real
+    with torch.device("cpu"):
+        for module in model.modules():
+            if hasattr(module, "init_buffers"):
+                module.init_buffers()
+    model.to(device).eval()
+    logger.info(
+        "loaded %s (%s, %d layers) in %.1f s",
+        path.name,
+        cfg.architecture,
+        cfg.num_hidden_layers,
+        time.perf_counter() - start,
+    )
+    return model, cfg
+
+
+def _check_names(model: nn.Module, weights: dict[str, torch.Tensor]) -> tuple[list, list]:
+    expected = {n for n, _ in model.named_parameters()}
+    if model.config.tie_word_embeddings:
+        expected.discard("lm_head.weight")
+    got = set(weights)
+    # unknown extras such as rotary inv_freq buffers in old checkpoints are not fatal
+    unexpected = sorted(n for n in got - expected if not n.endswith("rotary_emb.inv_freq"))
+    return sorted(expected - got), unexpected

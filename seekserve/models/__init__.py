@@ -1,0 +1,1 @@
+"""Model architectures as `nn.Module`s over the paged KV cache, and their registry."""

@@ -1,0 +1,37 @@
+"""Rotary position embedding (rotate-half / NeoX layout, as Hugging Face stores weights)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class RotaryEmbedding(nn.Module):
+    def __init__(self, head_dim: int, max_position: int, theta: float) -> None:
+        super().__init__()
+        self.head_dim, self.max_position, self.theta = head_dim, max_position, theta
+        self.init_buffers()
+
+    def init_buffers(self) -> None:
+        """(Re)compute the cos/sin tables, e.g. after the module was built on the meta device."""
+        exponents = torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim
+        inv_freq = 1.0 / (self.theta**exponents)
+        freqs = torch.outer(torch.arange(self.max_position, dtype=torch.float32), inv_freq)
+        emb = torch.cat((freqs, freqs), dim=-1)  # (max_position, head_dim)
+        self.register_buffer("cos", emb.cos(), persistent=False)
+        self.register_buffer("sin", emb.sin(), persistent=False)
+
+    def forward(
+        self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions: (T,); q: (T, H, D); k: (T, Hkv, D)."""
+        cos = self.cos[positions].unsqueeze(1)  # (T, 1, D), fp32
+        sin = self.sin[positions].unsqueeze(1)
+        return _apply(q, cos, sin), _apply(k, cos, sin)
+
+
+def _apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x32 = x.float()
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x32[..., half:], x32[..., :half]), dim=-1)
+    return (x32 * cos + rotated * sin).to(x.dtype)

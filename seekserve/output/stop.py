@@ -1,0 +1,40 @@
+"""Stop strings matched on decoded text, across token boundaries, excluded from the output.
+
+Text that could be the start of a stop string is held back until it is known not to be one:
+
+    emitted ............ | held: "</s" | ← next delta "top>" completes "</stop>": stop here
+"""
+
+from __future__ import annotations
+
+
+class StopChecker:
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self.stops = tuple(s for s in stops if s)
+        self._max_hold = max((len(s) for s in self.stops), default=1) - 1
+        self._held = ""
+
+    def feed(self, delta: str) -> tuple[str, bool]:
+        """Returns (text safe to emit, True if a stop string was found)."""
+        if not self.stops:
+            return delta, False
+        text = self._held + delta
+        hits = [i for i in (text.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            self._held = ""
+            return text[: min(hits)], True
+        hold = self._holdable_suffix(text)
+        self._held = text[len(text) - hold :] if hold else ""
+        return text[: len(text) - hold], False
+
+    def flush(self) -> str:
+        """Text still held back when generation ended for another reason."""
+        held, self._held = self._held, ""
+        return held
+
+    def _holdable_suffix(self, text: str) -> int:
+        for size in range(min(len(text), self._max_hold), 0, -1):
+            tail = text[-size:]
+            if any(s.startswith(tail) for s in self.stops):
+                return size
+        return 0

@@ -1,0 +1,1 @@
+"""Prompt side of a request: tokenizer loading, chat templates, tool prompt injection."""

@@ -1,0 +1,1 @@
+"""Turns a scheduler step into one batched forward pass on the device."""

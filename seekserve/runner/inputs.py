@@ -1,0 +1,147 @@
+"""Pure, CPU-testable conversion of a `SchedulerOutput` into the tensors of one forward pass.
+
+The flat token dimension T holds every scheduled token of every request, in batch order
+(decodes first). Attention runs per *group* of requests padded to a common shape, so a step
+makes at most two attention calls per layer, however many requests it holds:
+
+    group "decode":  requests with 1 new token     q: (B, 1)       kv: (B, max_kv)
+    group "prefill": requests with >1 new tokens   q: (B, max_q)   kv: (B, max_kv)
+
+Padding is indexed away: `q_index` maps (b, i) to a flat token (padding reads token 0 and
+its output is dropped) and `kv_index` maps (b, j) to a cache slot; `mask` allows query i of
+request b to see kv j when j <= its position and j < the request's length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from seekserve.engine.outputs import SchedulerOutput
+
+
+@dataclass(frozen=True, slots=True)
+class AttentionGroup:
+    token_start: int
+    """First flat token of the group; the group's tokens are contiguous."""
+    num_tokens: int
+    q_index: torch.Tensor
+    """(B, max_q) int64: flat token index of each padded query (padding → token_start)."""
+    q_valid: torch.Tensor
+    """(B, max_q) bool: which padded queries are real."""
+    kv_index: torch.Tensor
+    """(B, max_kv) int64: cache slot of each kv position (padding → slot 0)."""
+    mask: torch.Tensor
+    """(B, 1, max_q, max_kv) bool: True where attention is allowed."""
+    is_decode: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInputs:
+    token_ids: torch.Tensor
+    """(T,) int64"""
+    positions: torch.Tensor
+    """(T,) int64: position of each token in its request."""
+    slot_mapping: torch.Tensor
+    """(T,) int64: cache slot (block_id * block_size + offset) each token's K/V is written to."""
+    groups: list[AttentionGroup]
+    logits_indices: torch.Tensor
+    """(S,) int64: flat index of the last token of each request that samples this step."""
+    sample_request_ids: list[str]
+    """Request id of each row of the logits, in the same order."""
+
+    def to(self, device: torch.device) -> ModelInputs:
+        """Copy to the device (non-blocking; the source is plain CPU memory)."""
+
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device, non_blocking=True)
+
+        return ModelInputs(
+            token_ids=move(self.token_ids),
+            positions=move(self.positions),
+            slot_mapping=move(self.slot_mapping),
+            groups=[
+                AttentionGroup(
+                    g.token_start,
+                    g.num_tokens,
+                    move(g.q_index),
+                    move(g.q_valid),
+                    move(g.kv_index),
+                    move(g.mask),
+                    g.is_decode,
+                )
+                for g in self.groups
+            ],
+            logits_indices=move(self.logits_indices),
+            sample_request_ids=self.sample_request_ids,
+        )
+
+
+def _slots(block_ids: list[int], start: int, stop: int, block_size: int) -> list[int]:
+    return [block_ids[p // block_size] * block_size + p % block_size for p in range(start, stop)]
+
+
+def _build_group(
+    chunks: list[tuple[int, int, int, list[int]]], token_start: int, block_size: int
+) -> AttentionGroup:
+    """chunks: (flat_start, start_position, num_new_tokens, block_ids) per request."""
+    batch = len(chunks)
+    max_q = max(n for _, _, n, _ in chunks)
+    max_kv = max(pos + n for _, pos, n, _ in chunks)
+    q_index = torch.full((batch, max_q), token_start, dtype=torch.int64)
+    q_valid = torch.zeros((batch, max_q), dtype=torch.bool)
+    kv_index = torch.zeros((batch, max_kv), dtype=torch.int64)
+    q_pos = torch.zeros((batch, max_q), dtype=torch.int64)  # padding attends to kv 0 only
+    kv_len = torch.zeros((batch, 1), dtype=torch.int64)
+    for b, (flat_start, pos, n, block_ids) in enumerate(chunks):
+        q_index[b, :n] = torch.arange(flat_start, flat_start + n)
+        q_valid[b, :n] = True
+        q_pos[b, :n] = torch.arange(pos, pos + n)
+        kv_index[b, : pos + n] = torch.tensor(_slots(block_ids, 0, pos + n, block_size))
+        kv_len[b] = pos + n
+    kv_pos = torch.arange(max_kv).view(1, 1, max_kv)
+    mask = (kv_pos <= q_pos.unsqueeze(-1)) & (kv_pos < kv_len.unsqueeze(-1))
+    return AttentionGroup(
+        token_start=token_start,
+        num_tokens=sum(n for _, _, n, _ in chunks),
+        q_index=q_index,
+        q_valid=q_valid,
+        kv_index=kv_index,
+        mask=mask.unsqueeze(1),
+        is_decode=max_q == 1,
+    )
+
+
+def prepare_inputs(output: SchedulerOutput, block_size: int) -> ModelInputs:
+    """Build the forward pass inputs of one step (CPU tensors)."""
+    token_ids: list[int] = []
+    positions: list[int] = []
+    slot_mapping: list[int] = []
+    logits_indices: list[int] = []
+    sample_ids: list[str] = []
+    decode_chunks: list[tuple[int, int, int, list[int]]] = []
+    prefill_chunks: list[tuple[int, int, int, list[int]]] = []
+    for s in output.scheduled:
+        flat_start, stop = len(token_ids), s.start_position + s.num_tokens
+        token_ids.extend(s.token_ids)
+        positions.extend(range(s.start_position, stop))
+        slot_mapping.extend(_slots(s.block_ids, s.start_position, stop, block_size))
+        chunk = (flat_start, s.start_position, s.num_tokens, s.block_ids)
+        (decode_chunks if s.num_tokens == 1 else prefill_chunks).append(chunk)
+        if s.needs_sample:
+            logits_indices.append(len(token_ids) - 1)
+            sample_ids.append(s.request_id)
+    groups = []
+    if decode_chunks:
+        groups.append(_build_group(decode_chunks, 0, block_size))
+    if prefill_chunks:
+        groups.append(_build_group(prefill_chunks, len(decode_chunks), block_size))
+    return ModelInputs(
+        token_ids=torch.tensor(token_ids, dtype=torch.int64),
+        positions=torch.tensor(positions, dtype=torch.int64),
+        slot_mapping=torch.tensor(slot_mapping, dtype=torch.int64),
+        groups=groups,
+        logits_indices=torch.tensor(logits_indices, dtype=torch.int64),
+        sample_request_ids=sample_ids,
+    )

@@ -1,0 +1,1 @@
+"""Turning logits into tokens for a whole batch at once."""

@@ -1,0 +1,75 @@
+"""Batched sampler: penalties, temperature, top_p and the draw, for every request in one pass.
+
+Order (as in OpenAI's and vLLM's definitions):
+  1. logits[t] -= frequency_penalty * count(t in output) + presence_penalty * (count > 0)
+  2. greedy rows (temperature 0) take argmax of the penalised logits
+  3. other rows: softmax(logits / temperature), keep the smallest set of top tokens whose
+     mass reaches top_p, renormalise, draw with the engine's seeded generator
+"""
+
+from __future__ import annotations
+
+import torch
+
+from seekserve.sampling_params import SamplingParams
+
+
+class Sampler:
+    def __init__(self, seed: int, device: torch.device | str = "cpu") -> None:
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(seed)
+
+    def __call__(
+        self,
+        logits: torch.Tensor,
+        params: list[SamplingParams],
+        output_token_ids: list[list[int]],
+    ) -> list[int]:
+        """logits: (B, V) fp32, one row per request; returns one token id per row."""
+        logits = apply_penalties(logits, params, output_token_ids)
+        greedy = logits.argmax(dim=-1)
+        if all(p.is_greedy for p in params):
+            return greedy.tolist()
+        temperature = torch.tensor(
+            [p.temperature if not p.is_greedy else 1.0 for p in params],
+            dtype=logits.dtype,
+            device=logits.device,
+        )
+        probs = torch.softmax(logits / temperature.unsqueeze(1), dim=-1)
+        if any(p.top_p < 1.0 for p in params):
+            top_p = torch.tensor([p.top_p for p in params], device=logits.device)
+            probs = apply_top_p(probs, top_p)
+        # Exponential race: argmax(p / E) with E ~ Exp(1) draws from p (one kernel, batched).
+        noise = torch.empty_like(probs).exponential_(generator=self.generator)
+        sampled = (probs / noise).argmax(dim=-1)
+        is_greedy = torch.tensor([p.is_greedy for p in params], device=logits.device)
+        return torch.where(is_greedy, greedy, sampled).tolist()
+
+
+def apply_penalties(
+    logits: torch.Tensor, params: list[SamplingParams], output_token_ids: list[list[int]]
+) -> torch.Tensor:
+    """Returns penalised logits (a new tensor when any penalty is set)."""
+    if not any(p.frequency_penalty or p.presence_penalty for p in params):
+        return logits
+    batch, vocab = logits.shape
+    max_len = max(len(ids) for ids in output_token_ids) or 1
+    # pad with an extra "vocab" column that is dropped after counting
+    padded = torch.tensor(
+        [ids + [vocab] * (max_len - len(ids)) for ids in output_token_ids], device=logits.device
+    )
+    counts = torch.zeros((batch, vocab + 1), dtype=logits.dtype, device=logits.device)
+    counts.scatter_add_(1, padded, torch.ones_like(padded, dtype=logits.dtype))
+    counts = counts[:, :vocab]
+    freq = torch.tensor([p.frequency_penalty for p in params], device=logits.device)
+    pres = torch.tensor([p.presence_penalty for p in params], device=logits.device)
+    return logits - freq.unsqueeze(1) * counts - pres.unsqueeze(1) * (counts > 0)
+
+
+def apply_top_p(probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Zero every token outside the smallest top set with mass >= top_p; renormalise."""
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+    sorted_probs = sorted_probs.masked_fill(mass_before >= top_p.unsqueeze(1), 0.0)
+    kept = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
+    return kept / kept.sum(dim=-1, keepdim=True)
