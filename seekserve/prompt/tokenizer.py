@@ -182,7 +182,9 @@ class Tokenizer:
         return self._backend
 
 
-def _gguf_end_of_generation_ids(metadata: dict[str, Any], tokenizer_dict: dict[str, Any]) -> set[int]:
+def _gguf_end_of_generation_ids(
+    metadata: dict[str, Any], tokenizer_dict: dict[str, Any]
+) -> set[int]:
     """eos, eot and eom ids from the header, plus control tokens llama.cpp treats as such."""
     ids = {
         int(metadata[key])

@@ -1,0 +1,5 @@
+import sys
+
+from seekserve.cli import main
+
+sys.exit(main())

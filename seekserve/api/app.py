@@ -1,0 +1,85 @@
+"""The FastAPI application: factory, lifespan (load models, start/stop engines), error mapping."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from seekserve.api.routes import chat, completions, health, models
+from seekserve.api.state import ServedModel, ServerState
+from seekserve.config import EngineConfig, ServerConfig
+from seekserve.engine.async_engine import AsyncEngine
+from seekserve.errors import ApiError, error_body, to_status_and_body
+from seekserve.llm import LoadedModel
+
+logger = logging.getLogger(__name__)
+
+
+def load_served_models(engine_configs: list[EngineConfig]) -> dict[str, ServedModel]:
+    served: dict[str, ServedModel] = {}
+    for config in engine_configs:
+        loaded = LoadedModel.load(config)
+        name = config.model.served_model_name
+        served[name] = ServedModel(
+            name=name,
+            config=config.model,
+            engine=AsyncEngine(loaded.engine),
+            tokenizer=loaded.tokenizer,
+            chat_template=loaded.chat_template,
+        )
+    return served
+
+
+def create_app(server_config: ServerConfig, engine_configs: list[EngineConfig]) -> FastAPI:
+    """The app; models load and engines start in the lifespan (startup), stop at shutdown."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        models = load_served_models(engine_configs)
+        for served in models.values():
+            served.engine.start()
+        app.state.seekserve = ServerState(config=server_config, models=models)
+        logger.info("serving %s", ", ".join(models))
+        try:
+            yield
+        finally:
+            for served in models.values():
+                served.engine.stop()
+
+    app = FastAPI(title="SeekServe", version="0.1.0", lifespan=lifespan)
+    for router in (chat.router, completions.router, models.router, health.router):
+        app.include_router(router)
+    _install_error_handlers(app)
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        status, body = to_status_and_body(exc)
+        return JSONResponse(body, status_code=status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(
+            error_body(str(exc.detail), "invalid_request_error"), status_code=exc.status_code
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(
+            error_body(f"Invalid request: {exc.errors()[0].get('msg')}", "invalid_request_error"),
+            status_code=422,
+        )
+
+    @app.exception_handler(Exception)
+    async def internal_error(_: Request, exc: Exception) -> JSONResponse:
+        logger.exception("internal error", exc_info=exc)
+        status, body = to_status_and_body(exc)
+        return JSONResponse(body, status_code=status)

@@ -1,0 +1,51 @@
+"""One chat request's run through the engine: token ids in, text deltas out.
+
+Shared by the JSON and the SSE responses so both report the same text, finish reason and
+usage. Leaving the iteration early (client gone, stop string) aborts the engine request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from seekserve.api.state import ServedModel
+from seekserve.errors import EngineError
+from seekserve.output.processor import RequestOutputState, TextDelta
+from seekserve.sampling_params import SamplingParams
+from seekserve.usage import usage_dict
+
+
+@dataclass
+class Generation:
+    served: ServedModel
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    num_output_tokens: int = 0
+    num_cached_tokens: int = 0
+    finish_reason: str | None = None
+    _state: RequestOutputState = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._state = RequestOutputState(self.served.tokenizer, self.params.stop)
+
+    async def deltas(self) -> AsyncIterator[TextDelta]:
+        outputs = self.served.engine.generate(self.request_id, self.prompt_token_ids, self.params)
+        async with contextlib.aclosing(outputs):
+            async for output in outputs:
+                if output.error is not None:
+                    raise EngineError(output.error)
+                self.num_cached_tokens = output.num_cached_tokens
+                delta = self._state.process(output)
+                self.num_output_tokens = delta.num_output_tokens
+                self.finish_reason = delta.finish_reason
+                yield delta
+                if delta.finish_reason is not None:
+                    return
+
+    def usage(self) -> dict:
+        return usage_dict(
+            len(self.prompt_token_ids), self.num_output_tokens, self.num_cached_tokens
+        )

@@ -1,0 +1,398 @@
+"""Wire models of `POST /chat/completions` (spec §2) and their conversion for the engine.
+
+Validation happens in three passes, each with DeepSeek's status and wording (spec §13):
+  1. shape and types (pydantic, strict) → "Failed to deserialize the JSON body into the target
+     type: <path>: <reason>"; 400 under `messages` / `tools` (as observed), else 422;
+  2. values and ranges → 400 "Invalid <field> value, ...";
+  3. features this server does not offer yet → 400 "... is not supported yet".
+
+Parameter precedence when building SamplingParams: request value → server default → API
+default (temperature 1, top_p 1, penalties 0, max_tokens 4096 capped by the context).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from seekserve.errors import ApiError, InvalidParameters, InvalidRequest, NotSupported
+
+MAX_STOP_SEQUENCES = 16
+MAX_TOOLS = 128
+MAX_TOP_LOGPROBS = 20
+FUNCTION_NAME_RE = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+
+
+class _Wire(BaseModel):
+    # strict: "1.3" is not a number and 1.0 is not an integer, as with DeepSeek's serde;
+    # unknown fields (seed, user, ...) are ignored.
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class FunctionCall(_Wire):
+    name: str
+    arguments: str
+
+
+class ToolCall(_Wire):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class SystemMessage(_Wire):
+    role: Literal["system"]
+    content: str
+    name: str | None = None
+
+
+class UserMessage(_Wire):
+    role: Literal["user"]
+    content: str
+    name: str | None = None
+
+
+class AssistantMessage(_Wire):
+    role: Literal["assistant"]
+    content: str | None = None
+    name: str | None = None
+    prefix: bool | None = None
+    reasoning_content: str | None = None
+    tool_calls: list[ToolCall] | None = None
+
+
+class ToolMessage(_Wire):
+    role: Literal["tool"]
+    content: str
+    tool_call_id: str
+
+
+Message = Annotated[
+    SystemMessage | UserMessage | AssistantMessage | ToolMessage, Field(discriminator="role")
+]
+
+
+class FunctionDefinition(_Wire):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(_Wire):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Wire):
+    name: str
+
+
+class NamedToolChoice(_Wire):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class ResponseFormat(_Wire):
+    type: Literal["text", "json_object", "json_schema"]
+
+
+class StreamOptions(_Wire):
+    include_usage: bool | None = None
+
+
+class ThinkingOptions(_Wire):
+    type: Literal["enabled", "disabled"]
+
+
+class ChatCompletionRequest(_Wire):
+    messages: list[Message]
+    model: str
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    max_tokens: int | None = None
+    response_format: ResponseFormat | None = None
+    stop: str | list[str] | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    n: int | None = None
+    thinking: ThinkingOptions | None = None
+
+    @property
+    def stop_list(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+# -- pass 1: parsing -------------------------------------------------------------------------
+
+
+def parse_chat_request(body: bytes) -> ChatCompletionRequest:
+    """Decode and validate the JSON body (passes 1 and 2 that need no model knowledge)."""
+    payload = parse_json_object(body)
+    try:
+        request = ChatCompletionRequest.model_validate(payload, strict=True)
+    except ValidationError as exc:
+        raise deserialize_error(exc) from None
+    check_values(request)
+    return request
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(
+            f"Failed to parse the request body as JSON: invalid UTF-8 at byte {exc.start}"
+        ) from None
+    try:
+        payload = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(
+            f"Failed to parse the request body as JSON: {exc.msg} at line {exc.lineno} "
+            f"column {exc.colno}"
+        ) from None
+    except RecursionError:
+        raise InvalidRequest(
+            "Failed to parse the request body as JSON: nested too deeply"
+        ) from None
+    if not isinstance(payload, dict):
+        raise InvalidParameters(
+            "Failed to deserialize the JSON body into the target type: invalid type: "
+            f"{describe_json(payload)}, expected struct ChatCompletionRequest"
+        )
+    return payload
+
+
+_ROLE_TAGS = {"system", "user", "assistant", "tool"}
+
+
+def error_path(loc: tuple[int | str, ...]) -> str:
+    """('messages', 1, 'user', 'content') → 'messages[1].content' (union tags dropped)."""
+    path = ""
+    previous: int | str | None = None
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif isinstance(previous, int) and part in _ROLE_TAGS:
+            pass  # discriminated-union tag, not a field
+        elif part.startswith(("literal[", "list[", "str", "function-", "NamedToolChoice")):
+            pass  # member name of a plain union
+        else:
+            path += f".{part}" if path else part
+        previous = part
+    return path
+
+
+def describe_json(value: Any) -> str:
+    """serde's wording for the JSON value a client sent."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"boolean `{str(value).lower()}`"
+    if isinstance(value, int):
+        return f"integer `{value}`"
+    if isinstance(value, float):
+        return f"floating point `{value}`"
+    if isinstance(value, str):
+        return f"string {json.dumps(value)}"
+    if isinstance(value, list):
+        return "sequence"
+    return "map"
+
+
+_EXPECTED = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "float_type": "a number",
+    "bool_type": "a boolean",
+    "list_type": "a sequence",
+    "dict_type": "a map",
+    "model_type": "a map",
+    "model_attributes_type": "a map",
+}
+
+
+def _reason(error: dict[str, Any]) -> str:
+    kind, ctx = error["type"], error.get("ctx") or {}
+    if kind == "missing":
+        return f"missing field `{error['loc'][-1]}`"
+    if kind == "union_tag_invalid":
+        expected = ", ".join(f"`{t.strip(chr(39))}`" for t in ctx["expected_tags"].split(", "))
+        return f"unknown variant `{ctx['tag']}`, expected one of {expected}"
+    if kind == "union_tag_not_found":
+        return f"missing field `{ctx['discriminator'].strip(chr(39))}`"
+    if kind == "literal_error":
+        expected = ", ".join(f"`{t.strip(chr(39))}`" for t in ctx["expected"].split(", "))
+        return f"unknown variant `{error['input']}`, expected one of {expected}"
+    if kind in _EXPECTED:
+        return f"invalid type: {describe_json(error['input'])}, expected {_EXPECTED[kind]}"
+    return str(error.get("msg", kind))
+
+
+def deserialize_error(exc: ValidationError) -> ApiError:
+    errors = exc.errors(include_url=False)
+    # for a plain union (stop, tool_choice) pydantic reports one error per member: say the
+    # first member's expectation, which is the documented type
+    error = errors[0]
+    path = error_path(error["loc"])
+    if error["type"] == "literal_error" and len(errors) > 1:
+        error = next((e for e in errors if e["type"] == "literal_error"), error)
+    message = f"Failed to deserialize the JSON body into the target type: {path}: {_reason(error)}"
+    if path.startswith(("messages", "tools")):
+        return InvalidRequest(message, param=path)
+    return InvalidParameters(message, param=path)
+
+
+# -- pass 2: values and ranges ---------------------------------------------------------------
+
+
+def _range_error(field: str, interval: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"Invalid {field} value, the valid range of {field} is {interval}", param=field
+    )
+
+
+def check_values(req: ChatCompletionRequest) -> None:
+    """Ranges and cross-field rules that need no model knowledge (spec §2.2)."""
+    if req.n is not None and req.n != 1:
+        raise InvalidRequest("Invalid n value (currently only n = 1 is supported)", param="n")
+    if not req.messages:
+        raise InvalidRequest(
+            "Invalid messages value, messages must contain at least one message",
+            param="messages",
+        )
+    if req.temperature is not None and not 0.0 <= req.temperature <= 2.0:
+        raise _range_error("temperature", "[0, 2.0]")
+    if req.top_p is not None and not 0.0 < req.top_p <= 1.0:
+        raise _range_error("top_p", "(0, 1.0]")
+    for name in ("frequency_penalty", "presence_penalty"):
+        value = getattr(req, name)
+        if value is not None and not -2.0 <= value <= 2.0:
+            raise _range_error(name, "[-2.0, 2.0]")
+    if req.top_logprobs is not None:
+        if not 0 <= req.top_logprobs <= MAX_TOP_LOGPROBS:
+            raise _range_error("top_logprobs", f"[0, {MAX_TOP_LOGPROBS}]")
+        if not req.logprobs:
+            raise InvalidRequest(
+                "Invalid top_logprobs and logprobs value: top_logprobs requires logprobs to be "
+                "true",
+                param="top_logprobs",
+            )
+    if len(req.stop_list) > MAX_STOP_SEQUENCES:
+        raise InvalidRequest(
+            f"Invalid stop value, at most {MAX_STOP_SEQUENCES} stop sequences are allowed "
+            f"(got {len(req.stop_list)})",
+            param="stop",
+        )
+    if req.stream_options is not None and not req.stream:
+        raise InvalidRequest(
+            "Invalid stream_options value, stream_options is only allowed when stream is true",
+            param="stream_options",
+        )
+    _check_tools(req)
+    _check_messages(req)
+
+
+def _check_tools(req: ChatCompletionRequest) -> None:
+    tools = req.tools or []
+    if len(tools) > MAX_TOOLS:
+        raise InvalidRequest(
+            f"Invalid tools value, at most {MAX_TOOLS} tools are supported (got {len(tools)})",
+            param="tools",
+        )
+    for index, tool in enumerate(tools):
+        if not FUNCTION_NAME_RE.fullmatch(tool.function.name):
+            raise InvalidRequest(
+                f"Invalid tools[{index}].function.name value {tool.function.name!r}: a function "
+                "name must be 1 to 64 characters of a-z, A-Z, 0-9, underscores and dashes",
+                param=f"tools[{index}].function.name",
+            )
+    choice = req.tool_choice
+    if choice in (None, "none", "auto"):
+        return
+    if not tools:
+        raise InvalidRequest(
+            "Invalid tool_choice value, tool_choice other than 'none' or 'auto' needs tools",
+            param="tool_choice",
+        )
+    if isinstance(choice, NamedToolChoice) and choice.function.name not in {
+        t.function.name for t in tools
+    }:
+        raise InvalidRequest(
+            f"Invalid tool_choice value, function {choice.function.name!r} is not in tools",
+            param="tool_choice",
+        )
+
+
+def _check_messages(req: ChatCompletionRequest) -> None:
+    last = len(req.messages) - 1
+    for index, message in enumerate(req.messages):
+        if isinstance(message, AssistantMessage) and message.prefix and index != last:
+            raise InvalidRequest(
+                f"Invalid messages[{index}].prefix value, prefix is only allowed on the last "
+                "message",
+                param=f"messages[{index}].prefix",
+            )
+
+
+# -- pass 3: features not offered yet --------------------------------------------------------
+
+PREFIX_NEEDS_BETA = (
+    'prefix is only available when using beta api (set base_url="https://api.deepseek.com/beta")'
+)
+JSON_SCHEMA_UNAVAILABLE = "This response_format type is unavailable now"
+
+
+def check_supported(req: ChatCompletionRequest, is_beta: bool) -> None:
+    """Reject, never silently ignore, what this server cannot do yet."""
+    if req.response_format is not None and req.response_format.type == "json_schema":
+        raise InvalidRequest(JSON_SCHEMA_UNAVAILABLE, param="response_format")
+    if any(isinstance(m, AssistantMessage) and m.prefix for m in req.messages):
+        if not is_beta:
+            raise InvalidRequest(PREFIX_NEEDS_BETA, param="messages")
+        raise NotSupported("Chat prefix completion (prefix: true) is not supported yet")
+    if req.logprobs:
+        raise NotSupported("logprobs is not supported yet", param="logprobs")
+    if req.tools:
+        raise NotSupported("tools (function calling) is not supported yet", param="tools")
+    if req.tool_choice not in (None, "none", "auto"):
+        raise NotSupported("tool_choice is not supported yet", param="tool_choice")
+    for index, message in enumerate(req.messages):
+        if isinstance(message, ToolMessage) or (
+            isinstance(message, AssistantMessage) and message.tool_calls
+        ):
+            raise NotSupported(
+                f"messages[{index}]: tool calls in the conversation are not supported yet",
+                param=f"messages[{index}]",
+            )
+    if req.response_format is not None and req.response_format.type == "json_object":
+        raise NotSupported(
+            "response_format of type 'json_object' is not supported yet",
+            param="response_format",
+        )
+    if req.thinking is not None and req.thinking.type == "enabled":
+        raise NotSupported(
+            "thinking mode is not supported yet: no reasoning model is configured",
+            param="thinking",
+        )
+
+
+def template_messages(req: ChatCompletionRequest) -> list[dict[str, Any]]:
+    """Messages as the chat template sees them: role + content (null content → ""); the
+    `reasoning_content` of earlier assistant turns stays out of the prompt."""
+    return [{"role": m.role, "content": m.content or ""} for m in req.messages]

@@ -1,0 +1,1 @@
+"""One module per endpoint family; each route is parse → convert → submit → stream/collect."""

@@ -1,0 +1,148 @@
+"""`POST /chat/completions` (also under /v1 and /beta): JSON or SSE (spec §3, §4)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from seekserve.api.cancellation import run_until_disconnected
+from seekserve.api.generation import Generation
+from seekserve.api.protocol import (
+    ChatCompletionRequest,
+    check_supported,
+    parse_chat_request,
+    template_messages,
+)
+from seekserve.api.sse import DONE, event
+from seekserve.api.state import AuthDep, ServedModel, StateDep
+from seekserve.errors import ContextTooLong, EngineError, InvalidRequest, to_status_and_body
+from seekserve.prompt.chat_template import ChatTemplateError
+from seekserve.sampling_params import SamplingParams
+
+router = APIRouter(dependencies=[AuthDep])
+
+
+@router.post("/chat/completions")
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request, state: StateDep) -> Response:
+    return await _chat(request, state, is_beta=False)
+
+
+@router.post("/beta/chat/completions")
+async def beta_chat_completions(request: Request, state: StateDep) -> Response:
+    return await _chat(request, state, is_beta=True)
+
+
+async def _chat(request: Request, state: StateDep, is_beta: bool) -> Response:
+    req = parse_chat_request(await request.body())
+    served = state.model(req.model)
+    check_supported(req, is_beta)
+    prompt_token_ids = _render_prompt(served, req)
+    generation = Generation(
+        served,
+        str(uuid.uuid4()),
+        prompt_token_ids,
+        to_sampling_params(req, served, len(prompt_token_ids)),
+    )
+    header = {
+        "id": generation.request_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": served.name,
+    }
+    fingerprint = state.config.system_fingerprint
+    if req.stream:
+        return StreamingResponse(
+            _stream(generation, header, fingerprint, req.include_usage),
+            media_type="text/event-stream; charset=utf-8",
+            headers={"cache-control": "no-cache"},
+        )
+    body = await run_until_disconnected(request, _collect(generation, header, fingerprint))
+    if body is None:  # client gone; nobody reads this
+        return Response(status_code=499)
+    return JSONResponse(body)
+
+
+def _render_prompt(served: ServedModel, req: ChatCompletionRequest) -> list[int]:
+    try:
+        text = served.chat_template.render(template_messages(req), add_generation_prompt=True)
+    except ChatTemplateError as exc:
+        raise InvalidRequest(f"Invalid messages value: {exc}", param="messages") from None
+    return served.tokenizer.encode(text)
+
+
+def to_sampling_params(
+    req: ChatCompletionRequest, served: ServedModel, num_prompt_tokens: int
+) -> SamplingParams:
+    """Request value → server default → API default, with DeepSeek's range and context
+    checks (spec §2.2, §13)."""
+    cfg, max_len = served.config, served.max_model_len
+    if req.max_tokens is not None:
+        if not 1 <= req.max_tokens <= cfg.max_output_tokens:
+            raise InvalidRequest(
+                "Invalid max_tokens value, the valid range of max_tokens is "
+                f"[1, {cfg.max_output_tokens}]",
+                param="max_tokens",
+            )
+        max_tokens = req.max_tokens
+    else:
+        max_tokens = max(1, min(cfg.default_max_tokens, max_len - num_prompt_tokens))
+    if num_prompt_tokens + max_tokens > max_len:
+        raise ContextTooLong.for_lengths(max_len, num_prompt_tokens, max_tokens)
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=1.0 if req.temperature is None else req.temperature,
+        top_p=1.0 if req.top_p is None else req.top_p,
+        frequency_penalty=req.frequency_penalty or 0.0,
+        presence_penalty=req.presence_penalty or 0.0,
+        stop=req.stop_list,
+    )
+
+
+async def _collect(gen: Generation, header: dict[str, Any], fingerprint: str) -> dict[str, Any]:
+    text = "".join([delta.text async for delta in gen.deltas()])
+    return {
+        **header,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "reasoning_content": None},
+                "logprobs": None,
+                "finish_reason": gen.finish_reason,
+            }
+        ],
+        "usage": gen.usage(),
+        "system_fingerprint": fingerprint,
+    }
+
+
+async def _stream(
+    gen: Generation, header: dict[str, Any], fingerprint: str, include_usage: bool
+) -> AsyncIterator[str]:
+    base = {**header, "object": "chat.completion.chunk", "system_fingerprint": fingerprint}
+
+    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        obj: dict[str, Any] = {**base, "choices": [choice]}
+        if include_usage:
+            obj["usage"] = None  # null on every chunk but the last (spec §4.4)
+        return obj
+
+    yield event(chunk({"role": "assistant", "content": ""}))
+    try:
+        async for delta in gen.deltas():
+            if delta.text:
+                yield event(chunk({"content": delta.text}))
+            if delta.finish_reason is not None:
+                last = chunk({"content": ""}, delta.finish_reason)
+                last["usage"] = gen.usage()
+                yield event(last)
+    except EngineError as exc:
+        _, body = to_status_and_body(exc)
+        yield event(body)
+    yield DONE

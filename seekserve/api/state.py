@@ -1,0 +1,69 @@
+"""What the routes need from the running server, reached through `Annotated` dependencies."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from seekserve.config import ModelConfig, ServerConfig
+from seekserve.engine.async_engine import AsyncEngine
+from seekserve.errors import AuthenticationFailed, UnknownModel
+from seekserve.prompt.chat_template import ChatTemplate
+from seekserve.prompt.tokenizer import Tokenizer
+
+
+@dataclass
+class ServedModel:
+    """One model as served under a name: its async engine, tokenizer and chat template."""
+
+    name: str
+    config: ModelConfig
+    engine: AsyncEngine
+    tokenizer: Tokenizer
+    chat_template: ChatTemplate
+
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.max_model_len
+
+
+@dataclass
+class ServerState:
+    config: ServerConfig
+    models: dict[str, ServedModel]
+
+    def model(self, name: str) -> ServedModel:
+        if name not in self.models:
+            raise UnknownModel(name)
+        return self.models[name]
+
+
+def get_state(request: Request) -> ServerState:
+    return request.app.state.seekserve
+
+
+StateDep = Annotated[ServerState, Depends(get_state)]
+
+_BAD_HEADER = "Authentication Fails (auth header format should be Bearer sk-...)"
+
+
+def check_api_key(request: Request, state: StateDep) -> None:
+    """401 unless the bearer key is one of the configured ones (no keys: open server)."""
+    keys = state.config.api_keys
+    if not keys:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, key = header.partition(" ")
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key:
+        raise AuthenticationFailed(_BAD_HEADER)
+    # compare against every key, in constant time per key, so timing reveals nothing
+    matches = [hmac.compare_digest(key.encode(), k.encode()) for k in keys]
+    if not any(matches):
+        raise AuthenticationFailed(f"Authentication Fails, Your api key: ****{key[-4:]} is invalid")
+
+
+AuthDep = Depends(check_api_key)
