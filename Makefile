@@ -1,0 +1,40 @@
+# SeekServe developer entry points. `make serve` and `make test` work on a fresh clone.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+MODEL  ?= smollm2-135m
+
+.PHONY: install serve test lint format bench clean
+
+install: $(STAMP)  ## create .venv and install SeekServe with its dev tools (idempotent)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+serve: install  ## fetch the default model (first run) and serve it as deepseek-chat
+	$(BIN)/seekserve pull $(MODEL)
+	$(BIN)/seekserve serve --model $(MODEL) --served-model-name deepseek-chat \
+		--host $(HOST) --port $(PORT)
+
+test: install  ## the whole test suite (CPU)
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: install  ## SeekServe beside llama.cpp's server (see benchmarks/README.md)
+	$(BIN)/python benchmarks/serving.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
