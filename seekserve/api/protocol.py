@@ -126,6 +126,8 @@ class ChatCompletionRequest(_Wire):
     top_logprobs: int | None = None
     n: int | None = None
     thinking: ThinkingOptions | None = None
+    # extensions beyond DeepSeek's contract, as vLLM and llama.cpp's server accept them
+    ignore_eos: bool | None = None
 
     @property
     def stop_list(self) -> tuple[str, ...]:

