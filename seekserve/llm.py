@@ -1,8 +1,8 @@
 """The offline entry point, on the same engine the server uses.
 
-    llm = LLM("smollm2-135m")
-    [out] = llm.generate(["The capital of France is"], SamplingParams(max_tokens=8))
-    print(out.text)
+llm = LLM("smollm2-135m")
+[out] = llm.generate(["The capital of France is"], SamplingParams(max_tokens=8))
+print(out.text)
 """
 
 from __future__ import annotations
@@ -88,8 +88,8 @@ class LLM:
         params: SamplingParams | list[SamplingParams] | None = None,
     ) -> list[CompletionOutput]:
         """Run all prompts together (continuous batching); outputs in prompt order."""
-        params_list = params if isinstance(params, list) else [params or SamplingParams()] * len(
-            prompts
+        params_list = (
+            params if isinstance(params, list) else [params or SamplingParams()] * len(prompts)
         )
         outputs: dict[str, CompletionOutput] = {}
         states: dict[str, RequestOutputState] = {}

@@ -1,9 +1,9 @@
 """The engine: `add_request` / `abort_request` / `step`, over a scheduler and a model runner.
 
-    engine = Engine.from_config(config, eos_token_ids)
-    engine.add_request("r1", prompt_token_ids, SamplingParams(max_tokens=32))
-    while engine.has_unfinished_requests():
-        outputs = engine.step()
+engine = Engine.from_config(config, eos_token_ids)
+engine.add_request("r1", prompt_token_ids, SamplingParams(max_tokens=32))
+while engine.has_unfinished_requests():
+    outputs = engine.step()
 """
 
 from __future__ import annotations

@@ -1,0 +1,44 @@
+"""prepare_inputs is pure: exact tensors for a mixed decode + prefill step."""
+
+import torch
+
+from seekserve.engine.outputs import ScheduledRequest, SchedulerOutput
+from seekserve.runner.inputs import prepare_inputs
+
+
+def test_mixed_step_layout():
+    out = SchedulerOutput(
+        scheduled=[
+            # decode at position 5 of a request whose blocks are [3, 8]
+            ScheduledRequest("d", [42], 5, [3, 8], True),
+            # prefill chunk, positions 0..2 of blocks [1], not the end of its prompt
+            ScheduledRequest("p1", [10, 11, 12], 0, [1], False),
+            # prefill chunk, positions 4..5 of blocks [0, 6], end of its prompt
+            ScheduledRequest("p2", [20, 21], 4, [0, 6], True),
+        ],
+        preempted_request_ids=[],
+    )
+    inputs = prepare_inputs(out, block_size=4)
+    assert inputs.token_ids.tolist() == [42, 10, 11, 12, 20, 21]
+    assert inputs.positions.tolist() == [5, 0, 1, 2, 4, 5]
+    # slot = block_id * 4 + position % 4
+    assert inputs.slot_mapping.tolist() == [8 * 4 + 1, 4, 5, 6, 6 * 4 + 0, 6 * 4 + 1]
+    assert inputs.logits_indices.tolist() == [0, 5]
+    assert inputs.sample_request_ids == ["d", "p2"]
+
+    decode, prefill = inputs.groups
+    assert decode.is_decode and (decode.token_start, decode.num_tokens) == (0, 1)
+    assert decode.q_index.tolist() == [[0]]
+    assert decode.kv_index.tolist() == [[12, 13, 14, 15, 32, 33]]
+    assert decode.mask[0, 0].tolist() == [[True] * 6]
+
+    assert not prefill.is_decode and (prefill.token_start, prefill.num_tokens) == (1, 5)
+    assert prefill.q_index.tolist() == [[1, 2, 3], [4, 5, 1]]  # padding → group start
+    assert prefill.q_valid.tolist() == [[True, True, True], [True, True, False]]
+    assert prefill.kv_index.tolist() == [[4, 5, 6, 0, 0, 0], [0, 1, 2, 3, 24, 25]]
+    t, f = True, False
+    assert prefill.mask[:, 0].tolist() == [
+        [[t, f, f, f, f, f], [t, t, f, f, f, f], [t, t, t, f, f, f]],
+        [[t, t, t, t, t, f], [t, t, t, t, t, t], [t, f, f, f, f, f]],  # padded row: kv 0
+    ]
+    assert prefill.mask.dtype == torch.bool

@@ -1,0 +1,52 @@
+import torch
+
+from seekserve.sampling.sampler import Sampler, apply_penalties, apply_top_p
+from seekserve.sampling_params import SamplingParams
+
+
+def test_greedy_rows_take_argmax():
+    logits = torch.tensor([[0.1, 3.0, 0.2], [5.0, 1.0, 0.0]])
+    params = [SamplingParams(temperature=0.0)] * 2
+    assert Sampler(0)(logits, params, [[], []]) == [1, 0]
+
+
+def test_penalties_follow_the_openai_formula():
+    logits = torch.zeros((2, 4))
+    params = [
+        SamplingParams(frequency_penalty=0.5, presence_penalty=1.0),
+        SamplingParams(),
+    ]
+    out = apply_penalties(logits, params, [[2, 2, 3], [1]])
+    assert out.tolist() == [[0.0, 0.0, -2.0, -1.5], [0.0, 0.0, 0.0, 0.0]]
+
+
+def test_frequency_penalty_changes_the_greedy_choice():
+    logits = torch.tensor([[2.0, 1.5, 0.0]])
+    params = [SamplingParams(temperature=0.0, frequency_penalty=1.0)]
+    assert Sampler(0)(logits, params, [[0]]) == [1]
+
+
+def test_top_p_keeps_the_smallest_set_reaching_the_mass():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    kept = apply_top_p(probs, torch.tensor([0.8]))
+    torch.testing.assert_close(kept, torch.tensor([[0.625, 0.375, 0.0, 0.0]]))
+    # top_p 1 keeps everything
+    torch.testing.assert_close(apply_top_p(probs, torch.tensor([1.0])), probs)
+
+
+def test_sampling_draws_from_the_distribution_and_is_seeded():
+    logits = torch.log(torch.tensor([[0.7, 0.2, 0.1, 1e-9]]))
+    params = [SamplingParams(temperature=1.0)]
+    sampler = Sampler(123)
+    draws = [sampler(logits, params, [[]])[0] for _ in range(4000)]
+    freq = [draws.count(i) / len(draws) for i in range(4)]
+    assert abs(freq[0] - 0.7) < 0.03 and abs(freq[1] - 0.2) < 0.03 and freq[3] == 0.0
+    again = Sampler(123)
+    assert [again(logits, params, [[]])[0] for _ in range(4000)] == draws
+
+
+def test_mixed_batch_greedy_rows_stay_greedy():
+    logits = torch.tensor([[0.0, 10.0], [0.0, 0.0]])
+    params = [SamplingParams(temperature=0.0), SamplingParams(temperature=2.0, top_p=0.5)]
+    for _ in range(20):
+        assert Sampler(1)(logits, params, [[], []])[0] == 1
