@@ -87,13 +87,14 @@ class EngineError(SeekServeError):
     """An internal failure; the client sees 500 with a generic message."""
 
 
-def error_body(message: str, error_type: str, param: str | None = None) -> dict[str, Any]:
-    """The DeepSeek error envelope."""
+def error_body(message: str, error_type: str) -> dict[str, Any]:
+    """The DeepSeek error envelope. `param` is always null on the wire, as DeepSeek sends it
+    (spec §13.1); the field is named in the message (and kept on the exception for logs)."""
     return {
         "error": {
             "message": message,
             "type": error_type,
-            "param": param,
+            "param": None,
             "code": "invalid_request_error",
         }
     }
@@ -102,5 +103,5 @@ def error_body(message: str, error_type: str, param: str | None = None) -> dict[
 def to_status_and_body(exc: BaseException) -> tuple[int, dict[str, Any]]:
     """The one mapping from an exception to (HTTP status, body)."""
     if isinstance(exc, ApiError):
-        return exc.status, error_body(exc.message, exc.error_type, exc.param)
+        return exc.status, error_body(exc.message, exc.error_type)
     return 500, error_body("Server Error: an internal error occurred", "server_error")

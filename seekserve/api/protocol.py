@@ -162,7 +162,7 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
             f"Failed to parse the request body as JSON: invalid UTF-8 at byte {exc.start}"
         ) from None
     try:
-        payload = json.loads(text)
+        payload = json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
         raise InvalidRequest(
             f"Failed to parse the request body as JSON: {exc.msg} at line {exc.lineno} "
@@ -180,6 +180,11 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     return payload
 
 
+def _reject_constant(name: str) -> None:
+    # NaN / Infinity / -Infinity are not JSON (Python's json accepts them by default)
+    raise json.JSONDecodeError(f"{name} is not valid JSON", name, 0)
+
+
 _ROLE_TAGS = {"system", "user", "assistant", "tool"}
 
 
@@ -192,7 +197,9 @@ def error_path(loc: tuple[int | str, ...]) -> str:
             path += f"[{part}]"
         elif isinstance(previous, int) and part in _ROLE_TAGS:
             pass  # discriminated-union tag, not a field
-        elif part.startswith(("literal[", "list[", "str", "function-", "NamedToolChoice")):
+        elif part == "str" or part.startswith(
+            ("literal[", "list[", "function-", "NamedToolChoice")
+        ):
             pass  # member name of a plain union
         else:
             path += f".{part}" if path else part
@@ -224,9 +231,19 @@ _EXPECTED = {
     "bool_type": "a boolean",
     "list_type": "a sequence",
     "dict_type": "a map",
-    "model_type": "a map",
     "model_attributes_type": "a map",
 }
+
+
+def _one_of(quoted: str) -> str:
+    """pydantic's "'a', 'b' or 'c'" in serde's words: "one of `a`, `b`, `c`" (two names:
+    "`a` or `b`", one: "`a`")."""
+    names = [f"`{name}`" for name in re.findall(r"'([^']*)'", quoted)]
+    if len(names) == 1:
+        return names[0]
+    if len(names) == 2:
+        return f"{names[0]} or {names[1]}"
+    return "one of " + ", ".join(names)
 
 
 def _reason(error: dict[str, Any]) -> str:
@@ -234,13 +251,15 @@ def _reason(error: dict[str, Any]) -> str:
     if kind == "missing":
         return f"missing field `{error['loc'][-1]}`"
     if kind == "union_tag_invalid":
-        expected = ", ".join(f"`{t.strip(chr(39))}`" for t in ctx["expected_tags"].split(", "))
-        return f"unknown variant `{ctx['tag']}`, expected one of {expected}"
+        return f"unknown variant `{ctx['tag']}`, expected {_one_of(ctx['expected_tags'])}"
     if kind == "union_tag_not_found":
         return f"missing field `{ctx['discriminator'].strip(chr(39))}`"
-    if kind == "literal_error":
-        expected = ", ".join(f"`{t.strip(chr(39))}`" for t in ctx["expected"].split(", "))
-        return f"unknown variant `{error['input']}`, expected one of {expected}"
+    if kind == "literal_error" and isinstance(error["input"], str):
+        return f"unknown variant `{error['input']}`, expected {_one_of(ctx['expected'])}"
+    if kind == "literal_error":  # every literal here is a string
+        return f"invalid type: {describe_json(error['input'])}, expected a string"
+    if kind == "model_type":
+        return f"invalid type: {describe_json(error['input'])}, expected struct {ctx['class_name']}"
     if kind in _EXPECTED:
         return f"invalid type: {describe_json(error['input'])}, expected {_EXPECTED[kind]}"
     return str(error.get("msg", kind))
@@ -248,16 +267,20 @@ def _reason(error: dict[str, Any]) -> str:
 
 def deserialize_error(exc: ValidationError) -> ApiError:
     errors = exc.errors(include_url=False)
-    # for a plain union (stop, tool_choice) pydantic reports one error per member: say the
-    # first member's expectation, which is the documented type
-    error = errors[0]
-    path = error_path(error["loc"])
-    if error["type"] == "literal_error" and len(errors) > 1:
-        error = next((e for e in errors if e["type"] == "literal_error"), error)
-    message = f"Failed to deserialize the JSON body into the target type: {path}: {_reason(error)}"
-    if path.startswith(("messages", "tools")):
-        return InvalidRequest(message, param=path)
-    return InvalidParameters(message, param=path)
+    # a plain union (stop, tool_choice) reports one error per member: say the member that got
+    # furthest into the value; on a tie the first member, which is the documented type
+    error = max(errors, key=lambda e: len(e["loc"]))
+    field = error_path(error["loc"])
+    path = field
+    if error["type"] == "missing":  # serde names the struct that lacks the field
+        path = error_path(error["loc"][:-1])
+    elif error["type"] == "union_tag_invalid":  # ... and the tag field itself
+        field = path = f"{field}.{error['ctx']['discriminator'].strip(chr(39))}"
+    where = f"{path}: " if path else ""
+    message = f"Failed to deserialize the JSON body into the target type: {where}{_reason(error)}"
+    if field.startswith(("messages", "tools")):
+        return InvalidRequest(message, param=field)
+    return InvalidParameters(message, param=field)
 
 
 # -- pass 2: values and ranges ---------------------------------------------------------------

@@ -13,7 +13,7 @@ router = APIRouter(dependencies=[AuthDep])
 
 
 def _card(name: str) -> dict[str, Any]:
-    return {"id": name, "object": "model", "owned_by": "seekserve"}
+    return {"id": name, "object": "model", "owned_by": "deepseek"}
 
 
 @router.get("/models")
