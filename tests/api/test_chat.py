@@ -88,7 +88,12 @@ def test_response_shape(client, greedy):
     assert body["choices"] == [
         {
             "index": 0,
-            "message": {"role": "assistant", "content": content, "reasoning_content": None},
+            "message": {
+                "role": "assistant",
+                "content": content,
+                "reasoning_content": None,
+                "tool_calls": [],
+            },
             "logprobs": None,
             "finish_reason": "length",
         }

@@ -112,7 +112,13 @@ async def _collect(gen: Generation, header: dict[str, Any], fingerprint: str) ->
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": text, "reasoning_content": None},
+                # every field of the seed's message schema, as vLLM also sends them
+                "message": {
+                    "role": "assistant",
+                    "content": text,
+                    "reasoning_content": None,
+                    "tool_calls": [],
+                },
                 "logprobs": None,
                 "finish_reason": gen.finish_reason,
             }
