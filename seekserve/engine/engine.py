@@ -129,9 +129,11 @@ class Engine:
             return []
         requests = self.scheduler.requests
         sampling = [s.request_id for s in scheduler_output.scheduled if s.needs_sample]
-        sampled = self.runner.execute(
-            scheduler_output,
-            {rid: requests[rid].sampling_params for rid in sampling},
-            {rid: requests[rid].output_token_ids for rid in sampling},
-        )
+        params = {rid: requests[rid].sampling_params for rid in sampling}
+        # output history is only read by penalties: copy it for the requests that use them
+        history = {
+            rid: requests[rid].output_token_ids if p.frequency_penalty or p.presence_penalty else []
+            for rid, p in params.items()
+        }
+        sampled = self.runner.execute(scheduler_output, params, history)
         return self.scheduler.update(scheduler_output, sampled)
