@@ -33,6 +33,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -291,6 +292,8 @@ def run_line(i: int, n: int, r: dict[str, Any]) -> str:
         f"ttft_p95={r['ttft_p95'] * 1000:.0f}ms e2e_p50={r['e2e_p50'] * 1000:.0f}ms "
         f"prompt_tok={r['prompt_tokens_mean']:.0f} cached_tok={r['cached_prompt_tokens_mean']:.0f}"
     )
+    for key, value in (r.get("probe") or {}).items():
+        line += f" {key}={value:.2f}"
     if r["errors"]:
         line += f" ERRORS={r['errors']} first: {r['first_error']}"
     if r["usage_problems"]:
@@ -298,8 +301,16 @@ def run_line(i: int, n: int, r: dict[str, Any]) -> str:
     return line
 
 
-async def run_load(cfg: LoadConfig, log=print) -> dict[str, Any]:
-    """Warm up, then make `cfg.repeat` measured runs; returns runs and their summary."""
+async def run_load(
+    cfg: LoadConfig,
+    log: Callable[[str], None] = print,
+    probe: Callable[[], Callable[[], dict[str, float]]] | None = None,
+) -> dict[str, Any]:
+    """Warm up, then make `cfg.repeat` measured runs; returns runs and their summary.
+
+    `probe`, when given, is called right before each measured run and returns a function
+    called right after it, whose numbers (e.g. CPU use) are stored in the run as "probe".
+    """
     headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
     limits = httpx.Limits(max_connections=cfg.concurrency + 4, max_keepalive_connections=None)
     timeout = httpx.Timeout(cfg.timeout, connect=30.0)
@@ -310,7 +321,10 @@ async def run_load(cfg: LoadConfig, log=print) -> dict[str, Any]:
             log(f"warmup: {w['ok']}/{w['requests']} ok in {w['wall_s']:.2f}s")
         runs = []
         for rep in range(cfg.repeat):
+            stop_probe = probe() if probe else None
             run = await run_once(cfg, client, model, cfg.requests, offset=rep * cfg.requests)
+            if stop_probe:
+                run["probe"] = stop_probe()
             runs.append(run)
             log(run_line(rep + 1, cfg.repeat, run))
     return {

