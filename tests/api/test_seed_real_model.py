@@ -10,8 +10,11 @@ from typing import Any
 
 import pytest
 
-SEED = Path(__file__).resolve().parents[2].parent / "shared" / "spec" / (
-    "seed-create-chat-completion.txt"
+SEED = (
+    Path(__file__).resolve().parents[2].parent
+    / "shared"
+    / "spec"
+    / ("seed-create-chat-completion.txt")
 )
 
 
@@ -81,7 +84,8 @@ def test_seed_request_returns_every_field_of_the_seed_response(real_client):
     assert choice["finish_reason"] in ("stop", "length") and choice["logprobs"] is None
     assert isinstance(choice["message"]["content"], str) and choice["message"]["content"]
     usage = body["usage"]
-    assert usage["prompt_cache_hit_tokens"] + usage["prompt_cache_miss_tokens"] == (
-        usage["prompt_tokens"]
+    assert (
+        usage["prompt_cache_hit_tokens"] + usage["prompt_cache_miss_tokens"]
+        == (usage["prompt_tokens"])
     )
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
