@@ -8,7 +8,7 @@ print(out.text)
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,27 +40,29 @@ def resolve_model_path(name_or_path: str) -> Path:
 
 
 @dataclass
-class LoadedModel:
-    """Everything one served model needs: engine, tokenizer and chat template."""
+class ModelFiles:
+    """A served model's resolved files: engine config (local path), tokenizer, template.
 
-    engine: Engine
+    Building the engine is a separate call so that it can run on the thread that will step
+    it: torch's OpenMP pool belongs to the thread that first runs parallel work, and a
+    second pool on another thread makes every small op of the step pay for oversubscription.
+    """
+
+    config: EngineConfig
     tokenizer: Tokenizer
     chat_template: ChatTemplate
 
     @classmethod
-    def load(cls, config: EngineConfig) -> LoadedModel:
+    def resolve(cls, config: EngineConfig) -> ModelFiles:
         path = resolve_model_path(config.model.model)
         tokenizer = load_tokenizer(path)
-        config = EngineConfig(
-            model=ModelConfig(**{**config.model.__dict__, "model": str(path)}),
-            cache=config.cache,
-            scheduler=config.scheduler,
-            seed=config.seed,
-            num_threads=config.num_threads,
-        )
-        engine = Engine.from_config(config, tokenizer.eos_token_ids)
         template = ChatTemplate(tokenizer.chat_template, tokenizer.bos_token, tokenizer.eos_token)
-        return cls(engine, tokenizer, template)
+        config = replace(config, model=replace(config.model, model=str(path)))
+        return cls(config, tokenizer, template)
+
+    def build_engine(self) -> Engine:
+        """Load the weights and allocate the KV cache (call on the stepping thread)."""
+        return Engine.from_config(self.config, self.tokenizer.eos_token_ids)
 
 
 class LLM:
@@ -74,12 +76,9 @@ class LLM:
             ),
             seed=seed,
         )
-        loaded = LoadedModel.load(config)
-        self.engine, self.tokenizer, self.chat_template = (
-            loaded.engine,
-            loaded.tokenizer,
-            loaded.chat_template,
-        )
+        files = ModelFiles.resolve(config)
+        self.tokenizer, self.chat_template = files.tokenizer, files.chat_template
+        self.engine = files.build_engine()
         self._ids = itertools.count()
 
     def generate(

@@ -16,7 +16,7 @@ from seekserve.api.state import ServedModel, ServerState
 from seekserve.config import EngineConfig, ServerConfig
 from seekserve.engine.async_engine import AsyncEngine
 from seekserve.errors import ApiError, error_body, to_status_and_body
-from seekserve.llm import LoadedModel
+from seekserve.llm import ModelFiles
 
 logger = logging.getLogger(__name__)
 
@@ -24,14 +24,14 @@ logger = logging.getLogger(__name__)
 def load_served_models(engine_configs: list[EngineConfig]) -> dict[str, ServedModel]:
     served: dict[str, ServedModel] = {}
     for config in engine_configs:
-        loaded = LoadedModel.load(config)
+        files = ModelFiles.resolve(config)
         name = config.model.served_model_name
         served[name] = ServedModel(
             name=name,
             config=config.model,
-            engine=AsyncEngine(loaded.engine),
-            tokenizer=loaded.tokenizer,
-            chat_template=loaded.chat_template,
+            engine=AsyncEngine(files.build_engine),  # weights load on the engine thread
+            tokenizer=files.tokenizer,
+            chat_template=files.chat_template,
         )
     return served
 

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import queue
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from seekserve.engine.engine import Engine
@@ -28,8 +28,14 @@ logger = logging.getLogger(__name__)
 
 
 class AsyncEngine:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    """`build_engine` runs on the engine thread (see `llm.ModelFiles`): the thread that steps
+    the model is the only one that runs torch work."""
+
+    def __init__(self, build_engine: Callable[[], Engine]) -> None:
+        self._build_engine = build_engine
+        self.engine: Engine | None = None
+        self._ready = threading.Event()
+        self._build_error: BaseException | None = None
         self._commands: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._streams: dict[str, asyncio.Queue[EngineOutput]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -38,13 +44,18 @@ class AsyncEngine:
 
     @property
     def max_model_len(self) -> int:
+        assert self.engine is not None, "start() first"
         return self.engine.max_model_len
 
     def start(self) -> None:
-        """Start the engine thread; call from the event loop that will consume outputs."""
+        """Start the engine thread and wait until it has built the engine (weights loaded).
+        Call from the event loop that will consume the outputs; re-raises a build error."""
         self._loop = asyncio.get_running_loop()
-        self._thread = threading.Thread(target=self._run, name="seekserve-engine", daemon=True)
+        self._thread = threading.Thread(target=self._main, name="seekserve-engine", daemon=True)
         self._thread.start()
+        self._ready.wait()
+        if self._build_error is not None:
+            raise self._build_error
 
     def stop(self) -> None:
         self._stopping.set()
@@ -79,45 +90,55 @@ class AsyncEngine:
 
     # -- engine thread -------------------------------------------------------------------
 
-    def _run(self) -> None:
+    def _main(self) -> None:
+        try:
+            self.engine = self._build_engine()
+        except BaseException as exc:  # reported to start()'s caller
+            self._build_error = exc
+            return
+        finally:
+            self._ready.set()
+        self._run(self.engine)
+
+    def _run(self, engine: Engine) -> None:
         while not self._stopping.is_set():
-            self._drain_commands(block=not self.engine.has_unfinished_requests())
+            self._drain_commands(engine, block=not engine.has_unfinished_requests())
             if self._stopping.is_set():
                 break
             try:
-                outputs = self.engine.step()
+                outputs = engine.step()
             except Exception:  # one bad step must not kill the server
                 logger.exception("engine step failed; failing the requests of this step")
-                outputs = self._fail_all("internal error in the engine step")
+                outputs = self._fail_all(engine, "internal error in the engine step")
             for output in outputs:
                 self._publish(output)
 
-    def _drain_commands(self, block: bool) -> None:
+    def _drain_commands(self, engine: Engine, block: bool) -> None:
         try:
             command = self._commands.get(timeout=0.5) if block else self._commands.get_nowait()
         except queue.Empty:
             return
         while True:
-            self._apply(*command)
+            self._apply(engine, *command)
             try:
                 command = self._commands.get_nowait()
             except queue.Empty:
                 return
 
-    def _apply(self, kind: str, payload: Any) -> None:
+    def _apply(self, engine: Engine, kind: str, payload: Any) -> None:
         if kind == "add":
             request_id, prompt_token_ids, params = payload
             try:
-                self.engine.add_request(request_id, prompt_token_ids, params)
+                engine.add_request(request_id, prompt_token_ids, params)
             except ValueError as exc:
                 self._publish(EngineOutput(request_id, [], "abort", 0, error=str(exc)))
         elif kind == "abort":
-            self.engine.abort_request(request_id=payload)
+            engine.abort_request(request_id=payload)
 
-    def _fail_all(self, message: str) -> list[EngineOutput]:
+    def _fail_all(self, engine: Engine, message: str) -> list[EngineOutput]:
         failed = []
-        for request_id in list(self.engine.scheduler.requests):
-            output = self.engine.abort_request(request_id)
+        for request_id in list(engine.scheduler.requests):
+            output = engine.abort_request(request_id)
             if output is not None:
                 failed.append(
                     EngineOutput(request_id, [], "abort", output.num_prompt_tokens, error=message)
