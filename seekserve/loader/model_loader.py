@@ -46,6 +46,7 @@ def load_model(
     weights = load_weights(path, dtype)
     if cfg.tie_word_embeddings:
         weights.pop("lm_head.weight", None)
+    weights = stack_params(weights, getattr(model, "stacked_params", {}))
     missing, unexpected = _check_names(model, weights)
     if missing or unexpected:
         raise ValueError(
@@ -69,6 +70,21 @@ def load_model(
         time.perf_counter() - start,
     )
     return model, cfg
+
+
+def stack_params(
+    weights: dict[str, torch.Tensor], stacked: dict[str, tuple[str, ...]]
+) -> dict[str, torch.Tensor]:
+    """Concatenate checkpoint tensors into the model's fused parameters (dim 0):
+    `...self_attn.q_proj.weight`, `k_proj`, `v_proj` → `...self_attn.qkv_proj.weight`."""
+    out = dict(weights)
+    for fused, parts in stacked.items():
+        first = f".{parts[0]}."
+        for name in [n for n in weights if first in n]:
+            names = [name.replace(first, f".{part}.") for part in parts]
+            if all(n in out for n in names):
+                out[name.replace(first, f".{fused}.")] = torch.cat([out.pop(n) for n in names])
+    return out
 
 
 def _check_names(model: nn.Module, weights: dict[str, torch.Tensor]) -> tuple[list, list]:

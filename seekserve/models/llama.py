@@ -1,8 +1,9 @@
 """Llama architecture (also SmolLM2; qwen2 is llama + QKV bias) over the paged KV cache.
 
-Parameter names follow Hugging Face's LlamaForCausalLM, so a safetensors directory and our
-GGUF loader (which renames to these) fill the same `state_dict`. Every layer processes the
-flat batch of all scheduled tokens of all requests at once: (T, hidden).
+Parameter names follow Hugging Face's LlamaForCausalLM except that q/k/v and gate/up are
+fused into one matrix each (`STACKED_PARAMS`; the loader concatenates the checkpoint's
+tensors), which halves the number of matmuls a decode step launches. Every layer processes
+the flat batch of all scheduled tokens of all requests at once: (T, hidden).
 """
 
 from __future__ import annotations
@@ -13,9 +14,17 @@ from torch import nn
 
 from seekserve.models.config import ModelArchConfig
 from seekserve.models.layers.norm import RMSNorm
-from seekserve.models.layers.rotary import RotaryEmbedding
+from seekserve.models.layers.rotary import RotaryEmbedding, apply_rotary
 from seekserve.runner.attention import paged_attention
 from seekserve.runner.inputs import ModelInputs
+
+Rope = tuple[torch.Tensor, torch.Tensor]
+
+# our fused parameter → the checkpoint parameters it concatenates, in order (dim 0)
+STACKED_PARAMS = {
+    "qkv_proj": ("q_proj", "k_proj", "v_proj"),
+    "gate_up_proj": ("gate_proj", "up_proj"),
+}
 
 
 class LlamaAttention(nn.Module):
@@ -25,22 +34,22 @@ class LlamaAttention(nn.Module):
         self.num_kv_heads = cfg.num_key_value_heads
         self.head_dim = cfg.head_dim
         self.scale = cfg.head_dim**-0.5
-        bias = cfg.attention_bias
-        self.q_proj = nn.Linear(cfg.hidden_size, self.num_heads * self.head_dim, bias=bias)
-        self.k_proj = nn.Linear(cfg.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
-        self.v_proj = nn.Linear(cfg.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
-        self.o_proj = nn.Linear(self.num_heads * self.head_dim, cfg.hidden_size, bias=False)
+        self.q_size = self.num_heads * self.head_dim
+        self.kv_size = self.num_kv_heads * self.head_dim
+        self.qkv_proj = nn.Linear(
+            cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=cfg.attention_bias
+        )
+        self.o_proj = nn.Linear(self.q_size, cfg.hidden_size, bias=False)
         # (2, num_blocks, block_size, Hkv, D); bound by the model runner
         self.kv_cache = torch.empty(0)
 
-    def forward(
-        self, x: torch.Tensor, inputs: ModelInputs, rotary: RotaryEmbedding
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, inputs: ModelInputs, rope: Rope) -> torch.Tensor:
         num_tokens = x.shape[0]
-        q = self.q_proj(x).view(num_tokens, self.num_heads, self.head_dim)
-        k = self.k_proj(x).view(num_tokens, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(num_tokens, self.num_kv_heads, self.head_dim)
-        q, k = rotary(inputs.positions, q, k)
+        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.view(num_tokens, self.num_heads, self.head_dim)
+        k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
+        v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
+        q, k = apply_rotary(q, k, rope)
         out = paged_attention(q, k, v, self.kv_cache, inputs, self.scale)  # (T, H, D)
         return self.o_proj(out.reshape(num_tokens, -1))
 
@@ -48,12 +57,12 @@ class LlamaAttention(nn.Module):
 class LlamaMLP(nn.Module):
     def __init__(self, cfg: ModelArchConfig) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -64,10 +73,8 @@ class LlamaDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = LlamaMLP(cfg)
 
-    def forward(
-        self, x: torch.Tensor, inputs: ModelInputs, rotary: RotaryEmbedding
-    ) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), inputs, rotary)
+    def forward(self, x: torch.Tensor, inputs: ModelInputs, rope: Rope) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), inputs, rope)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -80,6 +87,8 @@ class LlamaModel(nn.Module):
 
 
 class LlamaForCausalLM(nn.Module):
+    stacked_params = STACKED_PARAMS
+
     def __init__(self, cfg: ModelArchConfig) -> None:
         super().__init__()
         self.config = cfg
@@ -95,9 +104,10 @@ class LlamaForCausalLM(nn.Module):
 
     def forward(self, inputs: ModelInputs) -> torch.Tensor:
         """Hidden states of every scheduled token: (T, hidden)."""
+        rope = self.rotary(inputs.positions)  # once per step, shared by all layers
         x = self.model.embed_tokens(inputs.token_ids)
         for layer in self.model.layers:
-            x = layer(x, inputs, self.rotary)
+            x = layer(x, inputs, rope)
         return self.model.norm(x)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -21,13 +21,18 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", emb.cos(), persistent=False)
         self.register_buffer("sin", emb.sin(), persistent=False)
 
-    def forward(
-        self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions: (T,); q: (T, H, D); k: (T, Hkv, D)."""
-        cos = self.cos[positions].unsqueeze(1)  # (T, 1, D), fp32
-        sin = self.sin[positions].unsqueeze(1)
-        return _apply(q, cos, sin), _apply(k, cos, sin)
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin for every token: (T, 1, D) fp32. Computed once per step, used by every
+        layer through `apply_rotary`."""
+        return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
+
+
+def apply_rotary(
+    q: torch.Tensor, k: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """q: (T, H, D), k: (T, Hkv, D); rope: the (cos, sin) of `RotaryEmbedding.forward`."""
+    cos, sin = rope
+    return _apply(q, cos, sin), _apply(k, cos, sin)
 
 
 def _apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
