@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -53,6 +54,10 @@ def create_app(server_config: ServerConfig, engine_configs: list[EngineConfig]) 
                 served.engine.stop()
 
     app = FastAPI(title="SeekServe", version="0.1.0", lifespan=lifespan)
+    # browsers may call the API from any origin, as they may call DeepSeek's
+    app.add_middleware(
+        CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"]
+    )
     for router in (chat.router, completions.router, models.router, health.router):
         app.include_router(router)
     _install_error_handlers(app)
