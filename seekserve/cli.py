@@ -40,6 +40,16 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--kv-cache-memory", default="1GiB", help="KV block pool budget, e.g. 2GiB")
     p.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
+    p.add_argument(
+        "--no-prefix-caching",
+        action="store_true",
+        help="do not reuse the KV blocks of prompt prefixes seen before",
+    )
+    p.add_argument(
+        "--shared-prefix-cache",
+        action="store_true",
+        help="share the prefix cache between API keys (default: one scope per key)",
+    )
     p.add_argument("--max-model-len", type=int, default=None, help="context length override")
     p.add_argument("--max-num-seqs", type=int, default=64, help="most concurrent requests")
     p.add_argument(
@@ -66,6 +76,7 @@ def _serve(args: argparse.Namespace) -> int:
         cache=CacheConfig(
             block_size=args.block_size,
             kv_cache_memory_bytes=parse_size_bytes(args.kv_cache_memory),
+            enable_prefix_caching=not args.no_prefix_caching,
         ),
         scheduler=SchedulerConfig(
             max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens
@@ -73,7 +84,12 @@ def _serve(args: argparse.Namespace) -> int:
         seed=args.seed,
         num_threads=args.threads,
     )
-    server_config = ServerConfig(host=args.host, port=args.port, api_keys=tuple(args.api_key))
+    server_config = ServerConfig(
+        host=args.host,
+        port=args.port,
+        api_keys=tuple(args.api_key),
+        shared_prefix_cache=args.shared_prefix_cache,
+    )
     app = create_app(server_config, [engine_config])
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0

@@ -98,6 +98,8 @@ class CacheConfig:
     """Memory budget of the KV block pool (all layers, K and V)."""
     num_blocks: int | None = None
     """Exact pool size; overrides kv_cache_memory_bytes (tests)."""
+    enable_prefix_caching: bool = True
+    """Reuse the KV blocks of prompt prefixes computed before (automatic prefix cache)."""
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
@@ -132,6 +134,9 @@ class ServerConfig:
     """Accepted bearer keys; empty means no authentication."""
     system_fingerprint: str = "fp_seekserve"
     """`system_fingerprint` of every response."""
+    shared_prefix_cache: bool = False
+    """With API keys: False isolates each key's prefix cache (as DeepSeek isolates users),
+    True shares it (single tenant). Without keys the cache is always shared."""
 
 
 @dataclass(frozen=True)

@@ -54,11 +54,16 @@ def engine_config(
     max_num_seqs: int = 8,
     max_num_batched_tokens: int = 32,
     dtype: str = "float32",
+    enable_prefix_caching: bool = True,
     **model_fields: object,
 ) -> EngineConfig:
     return EngineConfig(
         model=ModelConfig(model=str(model), dtype=dtype, **model_fields),
-        cache=CacheConfig(block_size=block_size, num_blocks=num_blocks),
+        cache=CacheConfig(
+            block_size=block_size,
+            num_blocks=num_blocks,
+            enable_prefix_caching=enable_prefix_caching,
+        ),
         scheduler=SchedulerConfig(
             max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens
         ),
@@ -69,6 +74,14 @@ def engine_config(
 def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny Llama with a 256-token vocabulary (engine tests work on token ids)."""
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_long_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny Llama with a 2,048-token context (long-prefix tests)."""
+    return build_tiny_llama(
+        tmp_path_factory.mktemp("tiny-llama-long"), max_position_embeddings=2048
+    )
 
 
 @pytest.fixture(scope="session")
@@ -117,10 +130,13 @@ def make_client(tiny_chat_model_dir: Path) -> Iterator[Callable[..., object]]:
 
     clients: list[TestClient] = []
 
-    def make(api_keys: tuple[str, ...] = (), **kwargs: object) -> TestClient:
+    def make(
+        api_keys: tuple[str, ...] = (), shared_prefix_cache: bool = False, **kwargs: object
+    ) -> TestClient:
         kwargs.setdefault("num_blocks", 256)
         config = engine_config(tiny_chat_model_dir, **kwargs)
-        app = create_app(ServerConfig(api_keys=api_keys), [config])
+        server = ServerConfig(api_keys=api_keys, shared_prefix_cache=shared_prefix_cache)
+        app = create_app(server, [config])
         client = TestClient(app)
         client.__enter__()
         clients.append(client)

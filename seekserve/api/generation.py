@@ -23,6 +23,7 @@ class Generation:
     request_id: str
     prompt_token_ids: list[int]
     params: SamplingParams
+    cache_salt: str = ""
     num_output_tokens: int = 0
     num_cached_tokens: int = 0
     finish_reason: str | None = None
@@ -32,7 +33,9 @@ class Generation:
         self._state = RequestOutputState(self.served.tokenizer, self.params.stop)
 
     async def deltas(self) -> AsyncIterator[TextDelta]:
-        outputs = self.served.engine.generate(self.request_id, self.prompt_token_ids, self.params)
+        outputs = self.served.engine.generate(
+            self.request_id, self.prompt_token_ids, self.params, self.cache_salt
+        )
         async with contextlib.aclosing(outputs):
             async for output in outputs:
                 if output.error is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from dataclasses import dataclass
 from typing import Annotated
@@ -35,6 +36,14 @@ class ServerState:
     config: ServerConfig
     models: dict[str, ServedModel]
 
+    def cache_salt(self, request: Request) -> str:
+        """The prefix-cache scope of a request: its API key's digest, unless the cache is
+        shared (no keys configured, or --shared-prefix-cache)."""
+        api_key = getattr(request.state, "api_key", None)
+        if api_key is None or self.config.shared_prefix_cache:
+            return ""
+        return hashlib.sha256(api_key.encode()).hexdigest()
+
     def model(self, name: str) -> ServedModel:
         if name not in self.models:
             raise UnknownModel(name)
@@ -64,6 +73,7 @@ def check_api_key(request: Request, state: StateDep) -> None:
     matches = [hmac.compare_digest(key.encode(), k.encode()) for k in keys]
     if not any(matches):
         raise AuthenticationFailed(f"Authentication Fails, Your api key: ****{key[-4:]} is invalid")
+    request.state.api_key = key
 
 
 AuthDep = Depends(check_api_key)

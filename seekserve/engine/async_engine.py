@@ -68,13 +68,17 @@ class AsyncEngine:
         return len(self._streams)
 
     async def generate(
-        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        cache_salt: str = "",
     ) -> AsyncIterator[EngineOutput]:
         """Yield the request's outputs until it finishes. Closing the iterator early (client
         gone, stop string found) aborts the request and frees its blocks."""
         stream: asyncio.Queue[EngineOutput] = asyncio.Queue()
         self._streams[request_id] = stream
-        self._commands.put(("add", (request_id, prompt_token_ids, params)))
+        self._commands.put(("add", (request_id, prompt_token_ids, params, cache_salt)))
         finished = False
         try:
             while True:
@@ -127,9 +131,9 @@ class AsyncEngine:
 
     def _apply(self, engine: Engine, kind: str, payload: Any) -> None:
         if kind == "add":
-            request_id, prompt_token_ids, params = payload
+            request_id, prompt_token_ids, params, cache_salt = payload
             try:
-                engine.add_request(request_id, prompt_token_ids, params)
+                engine.add_request(request_id, prompt_token_ids, params, cache_salt=cache_salt)
             except ValueError as exc:
                 self._publish(EngineOutput(request_id, [], "abort", 0, error=str(exc)))
         elif kind == "abort":

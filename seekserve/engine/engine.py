@@ -56,7 +56,13 @@ class Engine:
                 pool_tokens,
                 arch.max_position_embeddings,
             )
-        self.kv_cache = KVCacheManager(num_blocks, block_size)
+        self.kv_cache = KVCacheManager(
+            num_blocks,
+            block_size,
+            enable_prefix_caching=config.cache.enable_prefix_caching,
+            # what the K/V of a token prefix depends on besides the tokens
+            namespace=f"{config.model.model}|{arch.architecture}|{dtype}|{block_size}",
+        )
         self.scheduler = Scheduler(config.scheduler, self.kv_cache)
         self.runner = ModelRunner(
             model, arch, num_blocks, block_size, dtype, config.model.device, config.seed
@@ -90,6 +96,7 @@ class Engine:
         prompt_token_ids: list[int],
         params: SamplingParams,
         arrival_time: float | None = None,
+        cache_salt: str = "",
     ) -> None:
         """Queue a request. The caller has checked prompt + max_tokens <= max_model_len."""
         if not prompt_token_ids:
@@ -107,6 +114,7 @@ class Engine:
                 eos_token_ids=self.eos_token_ids,
                 max_model_len=self.max_model_len,
                 arrival_time=time.monotonic() if arrival_time is None else arrival_time,
+                cache_salt=cache_salt,
             )
         )
 

@@ -34,6 +34,8 @@ class Request:
     max_model_len: int
     """Generation ends with `length` when prompt + output reaches this."""
     arrival_time: float = 0.0
+    cache_salt: str = ""
+    """Prefix-cache scope: requests share cached blocks only with the same salt."""
     token_ids: list[int] = field(init=False)
     """prompt + output, kept as one list so a step reads a slice without copying both."""
     num_computed_tokens: int = 0
@@ -41,6 +43,10 @@ class Request:
     finish_reason: str | None = None
     """"stop", "length" or "abort" once finished."""
     num_preemptions: int = 0
+    num_cached_tokens: int | None = None
+    """Prompt tokens whose K/V came from the prefix cache at first admission (usage)."""
+    block_hashes: list[bytes] = field(default_factory=list)
+    """Chained hashes of the full blocks of token_ids, filled lazily by the KV manager."""
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)

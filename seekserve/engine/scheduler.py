@@ -2,7 +2,8 @@
 
 Each step gives every running request the tokens it has not computed yet (1 for a decode, a
 chunk of the prompt for a prefill), within `max_num_batched_tokens`, then admits waiting
-requests in arrival order while the budget, `max_num_seqs` and free blocks allow. When a
+requests in arrival order while the budget, `max_num_seqs` and free blocks allow (a request
+starts after the longest prefix the KV cache already holds). When a
 running request needs a block and none is free, the newest running request is preempted: its
 blocks are freed and it goes back to the front of the waiting queue, to be recomputed later
 from its prompt and the tokens it already produced.
@@ -73,11 +74,16 @@ class Scheduler:
             if len(self.running) >= self.config.max_num_seqs:
                 break
             request = self.waiting[0]
-            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
-            if not self.kv_cache.can_allocate(request, num_new):
+            prefix = self.kv_cache.find_cached_prefix(request)
+            num_cached = len(prefix) * self.kv_cache.block_size
+            num_new = min(request.num_tokens - num_cached, budget)
+            if not self.kv_cache.can_allocate(request, num_new, prefix):
                 break
             self.waiting.popleft()
-            self.kv_cache.allocate(request, num_new)
+            self.kv_cache.allocate(request, num_new, prefix)
+            request.num_computed_tokens = num_cached
+            if request.num_cached_tokens is None:  # first admission: what usage reports
+                request.num_cached_tokens = num_cached
             request.status = RequestStatus.RUNNING
             self.running.append(request)
             chunks[request.request_id] = num_new
@@ -98,6 +104,7 @@ class Scheduler:
             if request is None:  # aborted while the step ran
                 continue
             request.num_computed_tokens += scheduled.num_tokens
+            self.kv_cache.cache_full_blocks(request)
             if not scheduled.needs_sample:
                 continue
             token_id = sampled_token_ids[request.request_id]
@@ -108,6 +115,7 @@ class Scheduler:
                     new_token_ids=[token_id],
                     finish_reason=request.finish_reason,
                     num_prompt_tokens=request.num_prompt_tokens,
+                    num_cached_tokens=request.num_cached_tokens or 0,
                 )
             )
             if request.is_finished:

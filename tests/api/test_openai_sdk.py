@@ -193,6 +193,22 @@ def test_sdk_concurrent_requests_match_solo_runs(sdk):
 # -- clients that go away ----------------------------------------------------------------------
 
 
+@pytest.fixture
+def slow_steps(server):
+    """Every engine step takes at least 5 ms, so a long request outlasts any scheduling
+    hiccup of the client thread (client, server and engine share one process and its GIL)."""
+    engine = server.engine
+    step = engine.step
+
+    def slow_step():
+        time.sleep(0.005)
+        return step()
+
+    engine.step = slow_step
+    yield
+    del engine.step
+
+
 def _long_body(server: LiveServer, **fields: Any) -> dict[str, Any]:
     """A request that would run to the end of the context (~1000 tokens, seconds on CPU)."""
     return chat_body(max_tokens=server.engine.max_model_len - 31, ignore_eos=True, **fields)
@@ -211,7 +227,7 @@ def _assert_still_serving(server: LiveServer) -> None:
     wait_until_idle(server.engine)
 
 
-def test_stream_client_disconnect_aborts_the_request(server):
+def test_stream_client_disconnect_aborts_the_request(server, slow_steps):
     with (
         httpx.Client(base_url=server.base_url, timeout=10) as http,
         http.stream("POST", CHAT, json=_long_body(server, stream=True)) as response,
@@ -224,12 +240,12 @@ def test_stream_client_disconnect_aborts_the_request(server):
             if len(events) == 3:  # the role chunk and two content chunks
                 break
         request = server.engine.scheduler.requests.get(events[0]["id"])
-        assert request is not None, "the request finished before the client left"
+        assert request is not None, f"the request finished before the client left: {events}"
     _assert_aborted(server, request)
     _assert_still_serving(server)
 
 
-def test_non_stream_client_timeout_aborts_the_request(server):
+def test_non_stream_client_timeout_aborts_the_request(server, slow_steps):
     seen: list[Request] = []
     done = threading.Event()
 
@@ -255,7 +271,7 @@ def test_non_stream_client_timeout_aborts_the_request(server):
     _assert_still_serving(server)
 
 
-def test_sdk_stream_closed_early_aborts_the_request(server, sdk):
+def test_sdk_stream_closed_early_aborts_the_request(server, sdk, slow_steps):
     body = _long_body(server)
     stream = sdk.chat.completions.create(
         stream=True, extra_body={"ignore_eos": body.pop("ignore_eos")}, **body

@@ -175,3 +175,78 @@ def test_seeded_sampling_is_reproducible(tiny_llama_dir):
         engine.add_request("s", PROMPTS[2], params)
         runs.append(run_to_completion(engine)["s"])
     assert runs[0] == runs[1]
+
+
+# -- prefix cache ------------------------------------------------------------------------
+
+
+def generate_one(engine: Engine, request_id: str, prompt: list[int], **kw) -> tuple[list, int]:
+    engine.add_request(request_id, prompt, GREEDY, **kw)
+    tokens, num_cached = [], None
+    while engine.has_unfinished_requests():
+        for output in engine.step():
+            tokens.extend(output.new_token_ids)
+            num_cached = output.num_cached_tokens
+    return tokens, num_cached
+
+
+SHARED = list(range(30, 60))  # 30 tokens: 7 full blocks of 4
+
+
+def test_prefix_hits_give_the_tokens_of_a_cold_run(tiny_llama_dir):
+    off = make_engine(tiny_llama_dir, enable_prefix_caching=False)
+    on = make_engine(tiny_llama_dir)
+    prompts = [SHARED + [1, 2, 3], SHARED + [9], SHARED[:17] + [5, 6], SHARED + [1, 2, 3]]
+    cached = []
+    for index, prompt in enumerate(prompts):
+        expected, cold_cached = generate_one(off, f"off{index}", prompt)
+        got, num_cached = generate_one(on, f"on{index}", prompt)
+        assert got == expected and cold_cached == 0
+        cached.append(num_cached)
+    # 1st: cold; 2nd: 28 of SHARED's 30 tokens (7 blocks); 3rd: 16 (block 5 differs);
+    # 4th: all but the last token's block of 33 tokens, 8 blocks = 32
+    assert cached == [0, 28, 16, 32]
+    assert_pool_full(on)
+
+
+def test_concurrent_requests_sharing_a_prefix_and_preemption_with_the_cache(
+    tiny_llama_dir, reference
+):
+    engine = make_engine(tiny_llama_dir, num_blocks=14, max_num_batched_tokens=64)
+    for index, prompt in enumerate(PROMPTS):
+        engine.add_request(str(index), prompt, GREEDY)
+        engine.add_request(f"again-{index}", prompt, GREEDY)  # same prompt, same step
+    tokens = run_to_completion(engine)
+    for index in range(len(PROMPTS)):
+        assert tokens[str(index)] == reference[index]
+        assert tokens[f"again-{index}"] == reference[index]
+    assert_pool_full(engine)
+
+
+@pytest.mark.parametrize(
+    ("shared_len", "expected_cached"),
+    [(63, 48), (64, 64), (65, 64), (130, 128), (1000, 992)],
+)
+def test_cached_tokens_are_the_full_blocks_of_the_shared_prefix(
+    tiny_llama_long_dir, shared_len, expected_cached
+):
+    from seekserve.usage import usage_dict
+
+    engine = make_engine(
+        tiny_llama_long_dir, block_size=16, num_blocks=160, max_num_batched_tokens=512
+    )
+    shared = [(7 * i) % 250 + 3 for i in range(shared_len)]
+    generate_one(engine, "first", shared + [1, 1, 1])
+    engine_params = SamplingParams(max_tokens=1, temperature=0.0)
+    engine.add_request("second", shared + [2, 2], engine_params)
+    outputs = []
+    while engine.has_unfinished_requests():
+        outputs.extend(engine.step())
+    assert outputs[-1].num_cached_tokens == expected_cached
+    usage = usage_dict(shared_len + 2, 1, outputs[-1].num_cached_tokens)
+    hit = {63: 0, 64: 64, 65: 64, 130: 128, 1000: 960}[shared_len]
+    assert (usage["prompt_cache_hit_tokens"], usage["prompt_cache_miss_tokens"]) == (
+        hit,
+        shared_len + 2 - hit,
+    )
+    assert usage["prompt_tokens_details"]["cached_tokens"] == hit
