@@ -13,6 +13,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from seekserve.api.routes import chat, completions, health, models
+from seekserve.api.routes.metrics import make_registry
+from seekserve.api.routes.metrics import router as metrics_router
 from seekserve.api.state import ServedModel, ServerState
 from seekserve.config import EngineConfig, ServerConfig
 from seekserve.engine.async_engine import AsyncEngine
@@ -46,6 +48,7 @@ def create_app(server_config: ServerConfig, engine_configs: list[EngineConfig]) 
         for served in models.values():
             served.engine.start()
         app.state.seekserve = ServerState(config=server_config, models=models)
+        app.state.metrics = make_registry(app.state.seekserve)
         logger.info("serving %s", ", ".join(models))
         try:
             yield
@@ -58,7 +61,8 @@ def create_app(server_config: ServerConfig, engine_configs: list[EngineConfig]) 
     app.add_middleware(
         CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"]
     )
-    for router in (chat.router, completions.router, models.router, health.router):
+    routers = (chat.router, completions.router, models.router, health.router, metrics_router)
+    for router in routers:
         app.include_router(router)
     _install_error_handlers(app)
     return app

@@ -56,6 +56,7 @@ class Engine:
                 pool_tokens,
                 arch.max_position_embeddings,
             )
+        self.kv_bytes_per_block = kv_bytes_per_block(arch, block_size, dtype)
         self.kv_cache = KVCacheManager(
             num_blocks,
             block_size,

@@ -40,6 +40,18 @@ class SchedulerOutput:
         return not self.scheduled
 
 
+@dataclass(slots=True)
+class EngineStats:
+    """Cumulative counters of one engine, written by the engine thread, read by /metrics."""
+
+    num_requests_admitted: int = 0
+    # prompt tokens of admitted requests, and how many of them came from the prefix cache
+    num_prompt_tokens: int = 0
+    num_cached_prompt_tokens: int = 0
+    num_generated_tokens: int = 0
+    num_preemptions: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class EngineOutput:
     """What one step produced for one request; streamed to the request's consumer."""

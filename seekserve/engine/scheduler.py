@@ -15,7 +15,7 @@ from collections import deque
 
 from seekserve.config import SchedulerConfig
 from seekserve.engine.kv_cache import KVCacheManager
-from seekserve.engine.outputs import EngineOutput, ScheduledRequest, SchedulerOutput
+from seekserve.engine.outputs import EngineOutput, EngineStats, ScheduledRequest, SchedulerOutput
 from seekserve.engine.request import Request, RequestStatus
 
 
@@ -26,6 +26,7 @@ class Scheduler:
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
+        self.stats = EngineStats()
 
     # -- requests in and out -------------------------------------------------------------
 
@@ -84,6 +85,9 @@ class Scheduler:
             request.num_computed_tokens = num_cached
             if request.num_cached_tokens is None:  # first admission: what usage reports
                 request.num_cached_tokens = num_cached
+                self.stats.num_requests_admitted += 1
+                self.stats.num_prompt_tokens += request.num_prompt_tokens
+                self.stats.num_cached_prompt_tokens += num_cached
             request.status = RequestStatus.RUNNING
             self.running.append(request)
             chunks[request.request_id] = num_new
@@ -109,6 +113,7 @@ class Scheduler:
                 continue
             token_id = sampled_token_ids[request.request_id]
             request.append_output_token(token_id)
+            self.stats.num_generated_tokens += 1
             results.append(
                 EngineOutput(
                     request_id=request.request_id,
@@ -138,6 +143,7 @@ class Scheduler:
         self.kv_cache.free(request)
         request.num_computed_tokens = 0
         request.num_preemptions += 1
+        self.stats.num_preemptions += 1
         request.status = RequestStatus.WAITING
         self.waiting.appendleft(request)
 
