@@ -33,6 +33,7 @@ import json
 import statistics
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -70,6 +71,9 @@ class LoadConfig:
     timeout: float = 300.0
     api_key: str | None = None
     extra_body: dict[str, Any] = field(default_factory=dict)
+    # a fresh "cache_salt" per request, so a server with a prefix cache computes every
+    # prompt cold (SeekServe and vLLM honour it)
+    unique_cache_salt: bool = False
     label: str = ""
 
 
@@ -130,6 +134,8 @@ def request_body(cfg: LoadConfig, model: str, prompt: str) -> dict[str, Any]:
     if cfg.ignore_eos:
         body["ignore_eos"] = True
     body.update(cfg.extra_body)
+    if cfg.unique_cache_salt:
+        body["cache_salt"] = uuid.uuid4().hex
     return body
 
 

@@ -12,9 +12,10 @@ Scenarios (pick with --scenarios; default c1,c16,long-cold):
   c4          4 clients, otherwise as c1: total output tok/s
   c16         16 clients, otherwise as c1: total output tok/s
   long-cold   1 client, ~1,130-token prompt (system_long.txt + a short question): TTFT with
-              no prefix reuse (llama-server gets "cache_prompt": false)
-  long-warm   as long-cold but llama-server may reuse its prompt cache (SeekServe has no
-              prefix cache yet, so for it this equals long-cold)
+              no prefix reuse (llama-server gets "cache_prompt": false, SeekServe a fresh
+              "cache_salt" per request)
+  long-warm   as long-cold but both servers may reuse their prefix caches (the warm-up
+              request computed the shared system prompt)
 
 llama-server runs with 2 threads, -np 16, -c 32768, --cont-batching; SeekServe with
 --threads 2. Results (every run and request) go to benchmarks/results/serving-*.json.
@@ -67,6 +68,8 @@ class Scenario:
     warmup: int
     long_prompt: bool = False
     llama_extra: dict[str, Any] = field(default_factory=dict)
+    # SeekServe: a fresh cache_salt per request (no prefix reuse)
+    cold: bool = False
 
 
 SCENARIOS = {
@@ -81,6 +84,7 @@ SCENARIOS = {
         warmup=1,
         long_prompt=True,
         llama_extra={"cache_prompt": False},
+        cold=True,
     ),
     "long-warm": Scenario(
         "long-warm", concurrency=1, requests=3, max_tokens=8, warmup=1, long_prompt=True
@@ -326,6 +330,7 @@ def load_config(
         repeat=args.repeat,
         timeout=args.request_timeout,
         extra_body=dict(sc.llama_extra) if server.key == "llama" else {},
+        unique_cache_salt=sc.cold and server.key != "llama",
         label=f"{server.key} {sc.name}",
     )
 

@@ -128,6 +128,8 @@ class ChatCompletionRequest(_Wire):
     thinking: ThinkingOptions | None = None
     # extensions beyond DeepSeek's contract, as vLLM and llama.cpp's server accept them
     ignore_eos: bool | None = None
+    # a further prefix-cache scope inside the key's (vLLM's name): equal salts share
+    cache_salt: str | None = None
 
     @property
     def stop_list(self) -> tuple[str, ...]:

@@ -69,3 +69,26 @@ def test_cache_off_never_reports_hits(make_client):
     client = make_client(enable_prefix_caching=False)
     chat(client, "Warm up.")
     assert chat(client, "Again.")["prompt_cache_hit_tokens"] == 0
+
+
+def test_cache_salt_separates_scopes_within_a_key(make_client):
+    client = make_client()
+    body = {
+        "model": MODEL,
+        "messages": [
+            {"role": "system", "content": LONG_SYSTEM},
+            {"role": "user", "content": "Saturn?"},
+        ],
+        "max_tokens": 1,
+        "temperature": 0,
+    }
+
+    def hits(salt: str | None) -> int:
+        extra = {} if salt is None else {"cache_salt": salt}
+        response = client.post("/chat/completions", json={**body, **extra})
+        return response.json()["usage"]["prompt_cache_hit_tokens"]
+
+    assert hits("run-1") == 0
+    assert hits("run-2") == 0
+    assert hits(None) == 0  # no salt is a scope of its own too
+    assert hits("run-1") > 0

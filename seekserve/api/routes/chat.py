@@ -48,7 +48,7 @@ async def _chat(request: Request, state: StateDep, is_beta: bool) -> Response:
         str(uuid.uuid4()),
         prompt_token_ids,
         to_sampling_params(req, served, len(prompt_token_ids)),
-        cache_salt=state.cache_salt(request),
+        cache_salt=state.cache_salt(request) + "\x00" + (req.cache_salt or ""),
     )
     header = {
         "id": generation.request_id,
