@@ -47,6 +47,17 @@ def build_tiny_llama(
     return directory
 
 
+def hf_greedy(model: torch.nn.Module, prompt_ids: list[int], num_tokens: int) -> list[int]:
+    """The slow reference: a plain transformers greedy loop over the whole sequence, with no
+    generation config (EOS is just another token, as with ignore_eos on our side)."""
+    generated: list[int] = []
+    with torch.no_grad():
+        for _ in range(num_tokens):
+            logits = model(torch.tensor([prompt_ids + generated])).logits[0, -1]
+            generated.append(int(logits.argmax()))
+    return generated
+
+
 def engine_config(
     model: Path | str,
     num_blocks: int = 64,

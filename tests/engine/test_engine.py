@@ -9,7 +9,7 @@ import torch
 
 from seekserve.engine.engine import Engine
 from seekserve.sampling_params import SamplingParams
-from tests.conftest import engine_config
+from tests.conftest import engine_config, hf_greedy
 
 PROMPTS = [
     [1, 2, 3, 4, 5, 6, 7],
@@ -31,15 +31,7 @@ def hf_model(tiny_llama_dir: Path):
 
 @pytest.fixture(scope="module")
 def reference(hf_model) -> list[list[int]]:
-    outputs = []
-    for prompt in PROMPTS:
-        generated: list[int] = []
-        with torch.no_grad():
-            for _ in range(NUM_TOKENS):
-                logits = hf_model(torch.tensor([prompt + generated])).logits[0, -1]
-                generated.append(int(logits.argmax()))
-        outputs.append(generated)
-    return outputs
+    return [hf_greedy(hf_model, prompt, NUM_TOKENS) for prompt in PROMPTS]
 
 
 def make_engine(model_dir: Path, **kwargs) -> Engine:

@@ -10,6 +10,7 @@ import torch
 
 from seekserve.llm import LLM
 from seekserve.sampling_params import SamplingParams
+from tests.conftest import hf_greedy
 
 PROMPTS = [
     "The capital of France is",
@@ -33,18 +34,7 @@ def hf_reference(smollm2_gguf: Path) -> list[list[int]]:
     model = AutoModelForCausalLM.from_pretrained(
         smollm2_gguf.parent, gguf_file=smollm2_gguf.name, dtype=torch.float32
     ).eval()
-    outputs = []
-    for prompt in PROMPTS:
-        # plain greedy loop (no generation config: EOS is just another token, as with
-        # ignore_eos on our side)
-        ids = tokenizer.encode(prompt)
-        generated: list[int] = []
-        with torch.no_grad():
-            for _ in range(NUM_TOKENS):
-                logits = model(torch.tensor([ids + generated])).logits[0, -1]
-                generated.append(int(logits.argmax()))
-        outputs.append(generated)
-    return outputs
+    return [hf_greedy(model, tokenizer.encode(prompt), NUM_TOKENS) for prompt in PROMPTS]
 
 
 @pytest.fixture(scope="module")
