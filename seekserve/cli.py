@@ -46,6 +46,12 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
         help="do not reuse the KV blocks of prompt prefixes seen before",
     )
     p.add_argument(
+        "--disk-cache-dir",
+        default=None,
+        help="keep prefix-cache KV blocks on disk here too (survives restarts)",
+    )
+    p.add_argument("--disk-cache-size", default="10GiB", help="size cap of --disk-cache-dir")
+    p.add_argument(
         "--shared-prefix-cache",
         action="store_true",
         help="share the prefix cache between API keys (default: one scope per key)",
@@ -77,6 +83,8 @@ def _serve(args: argparse.Namespace) -> int:
             block_size=args.block_size,
             kv_cache_memory_bytes=parse_size_bytes(args.kv_cache_memory),
             enable_prefix_caching=not args.no_prefix_caching,
+            disk_cache_dir=args.disk_cache_dir,
+            disk_cache_max_bytes=parse_size_bytes(args.disk_cache_size),
         ),
         scheduler=SchedulerConfig(
             max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens

@@ -100,6 +100,10 @@ class CacheConfig:
     """Exact pool size; overrides kv_cache_memory_bytes (tests)."""
     enable_prefix_caching: bool = True
     """Reuse the KV blocks of prompt prefixes computed before (automatic prefix cache)."""
+    disk_cache_dir: str | None = None
+    """Directory of the prefix cache's disk tier (kept across restarts); None: memory only."""
+    disk_cache_max_bytes: int = 10 << 30
+    """Size cap of the disk tier; least recently used blocks are deleted beyond it."""
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):

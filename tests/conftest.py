@@ -66,6 +66,7 @@ def engine_config(
     max_num_batched_tokens: int = 32,
     dtype: str = "float32",
     enable_prefix_caching: bool = True,
+    disk_cache_dir: Path | None = None,
     **model_fields: object,
 ) -> EngineConfig:
     return EngineConfig(
@@ -74,6 +75,7 @@ def engine_config(
             block_size=block_size,
             num_blocks=num_blocks,
             enable_prefix_caching=enable_prefix_caching,
+            disk_cache_dir=None if disk_cache_dir is None else str(disk_cache_dir),
         ),
         scheduler=SchedulerConfig(
             max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens

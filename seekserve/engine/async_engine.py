@@ -102,7 +102,10 @@ class AsyncEngine:
             return
         finally:
             self._ready.set()
-        self._run(self.engine)
+        try:
+            self._run(self.engine)
+        finally:
+            self.engine.close()
 
     def _run(self, engine: Engine) -> None:
         while not self._stopping.is_set():

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from seekserve.config import EngineConfig, resolve_dtype
+from seekserve.engine.disk_cache import DiskKVCache
 from seekserve.engine.kv_cache import KVCacheManager
 from seekserve.engine.outputs import EngineOutput
 from seekserve.engine.request import Request
@@ -57,17 +58,28 @@ class Engine:
                 arch.max_position_embeddings,
             )
         self.kv_bytes_per_block = kv_bytes_per_block(arch, block_size, dtype)
+        # what the K/V of a token prefix depends on besides the tokens
+        namespace = f"{config.model.model}|{arch.architecture}|{dtype}|{block_size}"
         self.kv_cache = KVCacheManager(
             num_blocks,
             block_size,
             enable_prefix_caching=config.cache.enable_prefix_caching,
-            # what the K/V of a token prefix depends on besides the tokens
-            namespace=f"{config.model.model}|{arch.architecture}|{dtype}|{block_size}",
+            namespace=namespace,
         )
-        self.scheduler = Scheduler(config.scheduler, self.kv_cache)
         self.runner = ModelRunner(
             model, arch, num_blocks, block_size, dtype, config.model.device, config.seed
         )
+        self.disk: DiskKVCache | None = None
+        if config.cache.disk_cache_dir and config.cache.enable_prefix_caching:
+            block_shape = self.runner.kv_cache[:, :, 0].shape
+            self.disk = DiskKVCache(
+                config.cache.disk_cache_dir,
+                config.cache.disk_cache_max_bytes,
+                namespace,
+                tuple(block_shape),
+                dtype,
+            )
+        self.scheduler = Scheduler(config.scheduler, self.kv_cache, self.disk)
         logger.info(
             "KV cache: %d blocks of %d tokens (%d tokens, %.0f MiB), max_model_len %d",
             num_blocks,
@@ -136,6 +148,8 @@ class Engine:
         scheduler_output = self.scheduler.schedule()
         if scheduler_output.is_empty:
             return []
+        for block_id, data in scheduler_output.kv_loads:  # prefix blocks read from disk
+            self.runner.kv_cache[:, :, block_id].copy_(data)
         requests = self.scheduler.requests
         sampling = [s.request_id for s in scheduler_output.scheduled if s.needs_sample]
         params = {rid: requests[rid].sampling_params for rid in sampling}
@@ -145,4 +159,20 @@ class Engine:
             for rid, p in params.items()
         }
         sampled = self.runner.execute(scheduler_output, params, history)
-        return self.scheduler.update(scheduler_output, sampled)
+        outputs = self.scheduler.update(scheduler_output, sampled)
+        self._write_behind()
+        return outputs
+
+    def _write_behind(self) -> None:
+        """Hand the blocks cached this step to the disk tier (copies; written elsewhere)."""
+        newly_cached, self.kv_cache.newly_cached = self.kv_cache.newly_cached, []
+        if self.disk is None:
+            return
+        for block_id, block_hash in newly_cached:
+            if not self.disk.contains(block_hash):
+                self.disk.submit(block_hash, self.runner.kv_cache[:, :, block_id].clone())
+
+    def close(self) -> None:
+        """Finish the disk tier's queued writes."""
+        if self.disk is not None:
+            self.disk.close()

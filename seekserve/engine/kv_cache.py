@@ -99,12 +99,13 @@ class BlockPool:
             if self._ref_cnt[block_id] == 0:
                 self._free[block_id] = None
 
-    def cache(self, block_id: int, block_hash: bytes) -> None:
-        """Register a full, computed block under its hash (first writer wins)."""
+    def cache(self, block_id: int, block_hash: bytes) -> bool:
+        """Register a full, computed block under its hash (first writer wins); True if new."""
         if block_hash in self._cached or self._hash[block_id] is not None:
-            return
+            return False
         self._cached[block_hash] = block_id
         self._hash[block_id] = block_hash
+        return True
 
 
 class KVCacheManager:
@@ -123,6 +124,8 @@ class KVCacheManager:
         self.namespace = namespace
         self.pool = BlockPool(num_blocks)
         self._block_tables: dict[str, list[int]] = {}
+        # (block id, hash) registered since the engine last drained it (for the disk tier)
+        self.newly_cached: list[tuple[int, bytes]] = []
 
     @property
     def num_free_blocks(self) -> int:
@@ -142,9 +145,9 @@ class KVCacheManager:
         At least one token is left to compute, so the step that follows can sample."""
         if not self.enable_prefix_caching:
             return []
-        max_blocks = (request.num_tokens - 1) // self.block_size
+        max_blocks = self.max_cached_blocks(request)
         hits: list[int] = []
-        for block_hash in self._block_hashes(request, max_blocks):
+        for block_hash in self.block_hashes(request, max_blocks):
             block_id = self.pool.lookup(block_hash)
             if block_id is None:
                 break
@@ -191,16 +194,19 @@ class KVCacheManager:
             return
         table = self.block_table(request.request_id)
         num_full = min(request.num_computed_tokens // self.block_size, len(table))
-        for index, block_hash in enumerate(self._block_hashes(request, num_full)):
-            self.pool.cache(table[index], block_hash)
+        for index, block_hash in enumerate(self.block_hashes(request, num_full)):
+            if self.pool.cache(table[index], block_hash):
+                self.newly_cached.append((table[index], block_hash))
 
     def free(self, request: Request) -> None:
         """Return all of the request's blocks; the last blocks are evicted first."""
         self.pool.free(reversed(self._block_tables.pop(request.request_id, [])))
 
-    # -- helpers -------------------------------------------------------------------------
+    def max_cached_blocks(self, request: Request) -> int:
+        """Most blocks a prefix hit may cover: one token is always left to compute."""
+        return (request.num_tokens - 1) // self.block_size
 
-    def _block_hashes(self, request: Request, num_blocks: int) -> list[bytes]:
+    def block_hashes(self, request: Request, num_blocks: int) -> list[bytes]:
         """The chained hashes of the request's first `num_blocks` blocks (memoised)."""
         hashes = request.block_hashes
         size = self.block_size

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +31,8 @@ class SchedulerOutput:
     scheduled: list[ScheduledRequest]
     # requests pushed back to waiting this step; their blocks were freed
     preempted_request_ids: list[str]
+    # (block id, K/V data) read from the disk tier: copy into the cache before the forward
+    kv_loads: list[tuple[int, Any]] = field(default_factory=list)
 
     @property
     def num_batched_tokens(self) -> int:
@@ -50,6 +53,8 @@ class EngineStats:
     num_cached_prompt_tokens: int = 0
     num_generated_tokens: int = 0
     num_preemptions: int = 0
+    # prompt tokens among num_cached_prompt_tokens whose blocks were read from disk
+    num_disk_prompt_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)

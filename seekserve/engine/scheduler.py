@@ -12,17 +12,22 @@ from its prompt and the tokens it already produced.
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
 from seekserve.config import SchedulerConfig
+from seekserve.engine.disk_cache import DiskKVCache
 from seekserve.engine.kv_cache import KVCacheManager
 from seekserve.engine.outputs import EngineOutput, EngineStats, ScheduledRequest, SchedulerOutput
 from seekserve.engine.request import Request, RequestStatus
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, kv_cache: KVCacheManager) -> None:
+    def __init__(
+        self, config: SchedulerConfig, kv_cache: KVCacheManager, disk: DiskKVCache | None = None
+    ) -> None:
         self.config = config
         self.kv_cache = kv_cache
+        self.disk = disk
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
@@ -57,6 +62,7 @@ class Scheduler:
         budget = self.config.max_num_batched_tokens
         chunks: dict[str, int] = {}
         preempted: list[str] = []
+        kv_loads: list[tuple[int, Any]] = []
 
         # 1. running requests, oldest first; preempt the newest when blocks run out
         index = 0
@@ -76,18 +82,24 @@ class Scheduler:
                 break
             request = self.waiting[0]
             prefix = self.kv_cache.find_cached_prefix(request)
-            num_cached = len(prefix) * self.kv_cache.block_size
+            loaded = self._load_from_disk(request, len(prefix))
+            block_size = self.kv_cache.block_size
+            num_cached = (len(prefix) + len(loaded)) * block_size
             num_new = min(request.num_tokens - num_cached, budget)
-            if not self.kv_cache.can_allocate(request, num_new, prefix):
+            # blocks read from disk need fresh blocks, like tokens still to compute
+            num_to_place = len(loaded) * block_size + num_new
+            if not self.kv_cache.can_allocate(request, num_to_place, prefix):
                 break
             self.waiting.popleft()
-            self.kv_cache.allocate(request, num_new, prefix)
+            new_block_ids = self.kv_cache.allocate(request, num_to_place, prefix)
+            kv_loads.extend(zip(new_block_ids, loaded, strict=False))
             request.num_computed_tokens = num_cached
             if request.num_cached_tokens is None:  # first admission: what usage reports
                 request.num_cached_tokens = num_cached
                 self.stats.num_requests_admitted += 1
                 self.stats.num_prompt_tokens += request.num_prompt_tokens
                 self.stats.num_cached_prompt_tokens += num_cached
+                self.stats.num_disk_prompt_tokens += len(loaded) * block_size
             request.status = RequestStatus.RUNNING
             self.running.append(request)
             chunks[request.request_id] = num_new
@@ -96,7 +108,7 @@ class Scheduler:
         # 3. build the output: decodes first, then prefill chunks
         scheduled = [self._scheduled(self.requests[rid], n) for rid, n in chunks.items()]
         scheduled.sort(key=lambda s: s.num_tokens > 1)
-        return SchedulerOutput(scheduled=scheduled, preempted_request_ids=preempted)
+        return SchedulerOutput(scheduled, preempted, kv_loads)
 
     def update(
         self, output: SchedulerOutput, sampled_token_ids: dict[str, int]
@@ -128,6 +140,21 @@ class Scheduler:
         return results
 
     # -- helpers -------------------------------------------------------------------------
+
+    def _load_from_disk(self, request: Request, num_memory_blocks: int) -> list[Any]:
+        """K/V of the blocks right after the in-memory prefix that the disk tier holds (a
+        run of consecutive valid files; stops at the first miss)."""
+        if self.disk is None or not self.kv_cache.enable_prefix_caching:
+            return []
+        max_blocks = self.kv_cache.max_cached_blocks(request)
+        hashes = self.kv_cache.block_hashes(request, max_blocks)[num_memory_blocks:]
+        loaded = []
+        for block_hash in hashes:
+            data = self.disk.load(block_hash)
+            if data is None:
+                break
+            loaded.append(data)
+        return loaded
 
     def _make_room(self, request: Request, num_new: int, preempted: list[str]) -> bool:
         """Preempt from the back of `running` until `request` fits; False if it went itself."""

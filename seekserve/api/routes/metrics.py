@@ -25,6 +25,11 @@ _COUNTERS = [
         "Prompt tokens served from the prefix cache (exact, before 64-token rounding)",
         "num_cached_prompt_tokens",
     ),
+    (
+        "prefix_cache_disk_hit_tokens",
+        "Prompt tokens among the hits whose blocks were read from the disk tier",
+        "num_disk_prompt_tokens",
+    ),
     ("generation_tokens", "Tokens generated", "num_generated_tokens"),
     ("preemptions", "Requests preempted for lack of KV blocks", "num_preemptions"),
 ]
@@ -56,6 +61,8 @@ class EngineCollector(Collector):
             "prefix_cache_bytes": "Bytes of KV held by the prefix cache (in memory)",
             "requests_running": "Requests in the running set",
             "requests_waiting": "Requests waiting for admission",
+            "prefix_cache_disk_blocks": "Blocks in the disk tier",
+            "prefix_cache_disk_bytes": "Bytes in the disk tier",
         }
         families = {
             key: GaugeMetricFamily(f"seekserve_{key}", doc, labels=["model"])
@@ -75,6 +82,8 @@ class EngineCollector(Collector):
                 "prefix_cache_bytes": kv.pool.num_cached_blocks * engine.kv_bytes_per_block,
                 "requests_running": len(engine.scheduler.running),
                 "requests_waiting": len(engine.scheduler.waiting),
+                "prefix_cache_disk_blocks": engine.disk.num_blocks if engine.disk else 0,
+                "prefix_cache_disk_bytes": engine.disk.num_bytes if engine.disk else 0,
             }
             for key, value in values.items():
                 families[key].add_metric([name], value)
