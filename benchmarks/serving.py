@@ -443,24 +443,19 @@ def build_table(results: dict[str, Any], scenarios: list[str]) -> list[list[str]
         v = results.get(key, {}).get(field_name)
         return v if isinstance(v, (int, float)) and v == v else None
 
-    ss_rss, ll_rss = (server_value(k, "peak_rss_bytes") for k in ("seekserve", "llama"))
-    rows.append(
-        [
-            "peak RSS MiB (↓)",
-            f"{ss_rss / 2**20:.0f}" if ss_rss else "—",
-            f"{ll_rss / 2**20:.0f}" if ll_rss else "—",
-            f"{ss_rss / ll_rss:.2f}" if ss_rss and ll_rss else "—",
+    def server_row(
+        label: str, field_name: str, scale: float, digits: int, ratio_digits: int
+    ) -> list[str]:
+        ss, ll = (server_value(k, field_name) for k in ("seekserve", "llama"))
+        return [
+            label,
+            f"{ss / scale:.{digits}f}" if ss else "—",
+            f"{ll / scale:.{digits}f}" if ll else "—",
+            f"{ss / ll:.{ratio_digits}f}" if ss and ll else "—",
         ]
-    )
-    ss_up, ll_up = (server_value(k, "startup_s") for k in ("seekserve", "llama"))
-    rows.append(
-        [
-            "start-up to healthy s (↓)",
-            f"{ss_up:.1f}" if ss_up else "—",
-            f"{ll_up:.1f}" if ll_up else "—",
-            f"{ss_up / ll_up:.1f}" if ss_up and ll_up else "—",
-        ]
-    )
+
+    rows.append(server_row("peak RSS MiB (↓)", "peak_rss_bytes", 2**20, 0, 2))
+    rows.append(server_row("start-up to healthy s (↓)", "startup_s", 1.0, 1, 1))
     others = []
     for key in ("seekserve", "llama"):
         cpus = [
