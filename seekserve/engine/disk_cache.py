@@ -112,6 +112,10 @@ class DiskKVCache:
         except queue.Full:
             self.num_dropped_writes += 1
 
+    def flush(self) -> None:
+        """Wait until every queued write is on disk."""
+        self._pending.join()
+
     def close(self, timeout_s: float = 10.0) -> None:
         """Finish the queued writes (bounded) and stop the writer."""
         try:
@@ -129,6 +133,9 @@ class DiskKVCache:
                 self._write(block_hash, data)
             except OSError as exc:  # a full disk must not stop serving
                 logger.warning("could not write a KV cache block: %s", exc)
+            finally:
+                self._pending.task_done()
+        self._pending.task_done()
 
     def _write(self, block_hash: bytes, data: torch.Tensor) -> None:
         if self.contains(block_hash):

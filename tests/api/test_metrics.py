@@ -37,6 +37,9 @@ def test_counters_move_as_requests_are_served(make_client):
     # the second request reused the shared system prompt: exact engine count, >= reported
     hit = after["seekserve_prefix_cache_hit_tokens_total"]
     assert hit >= usages[1]["prompt_cache_hit_tokens"] > 0
+    assert after["seekserve_prefix_cache_miss_tokens_total"] == (
+        after["seekserve_prompt_tokens_total"] - hit
+    )
     assert after["seekserve_kv_blocks_used"] == 0
     assert after["seekserve_prefix_cache_blocks"] > 0
     assert after["seekserve_prefix_cache_bytes"] > 0

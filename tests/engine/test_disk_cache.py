@@ -10,6 +10,7 @@ import torch
 
 from seekserve.engine.disk_cache import MAGIC, DiskKVCache
 from seekserve.engine.engine import Engine
+from seekserve.engine.request import Request
 from seekserve.sampling_params import SamplingParams
 from tests.conftest import engine_config
 
@@ -25,7 +26,7 @@ def make_disk(directory: Path, max_bytes: int = 1 << 20, namespace: str = "ns") 
 
 
 def flush(disk: DiskKVCache) -> None:
-    disk.close()
+    disk.flush()
 
 
 def test_round_trip_and_restart(tmp_path):
@@ -102,6 +103,25 @@ def run(engine: Engine, request_id: str, prompt: list[int]) -> tuple[list[int], 
             tokens.extend(output.new_token_ids)
             cached = output.num_cached_tokens
     return tokens, cached
+
+
+def test_disk_hit_after_memory_eviction_gives_the_cold_tokens(tiny_llama_dir, tmp_path):
+    cold = Engine.from_config(
+        engine_config(tiny_llama_dir, enable_prefix_caching=False), frozenset()
+    )
+    expected, _ = run(cold, "cold", SHARED + [1, 2])
+    engine = Engine.from_config(
+        engine_config(tiny_llama_dir, num_blocks=20, disk_cache_dir=tmp_path / "kv"), frozenset()
+    )
+    assert run(engine, "a", SHARED + [1, 2]) == (expected, 0)
+    engine.disk.flush()
+    # 70 + 8 tokens need all 20 blocks: every cached block of SHARED is evicted from memory
+    run(engine, "filler", list(range(100, 170)))
+    probe = Request("probe", SHARED + [1, 2], GREEDY, frozenset(), 1024)
+    assert engine.kv_cache.find_cached_prefix(probe) == []  # nothing of SHARED in memory
+    tokens, cached = run(engine, "b", SHARED + [1, 2])
+    assert (tokens, cached) == (expected, 44)
+    assert engine.scheduler.stats.num_disk_prompt_tokens == 44
 
 
 def test_disk_hits_after_a_restart_give_the_cold_tokens(tiny_llama_dir, tmp_path):

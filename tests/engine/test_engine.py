@@ -212,6 +212,8 @@ def test_concurrent_requests_sharing_a_prefix_and_preemption_with_the_cache(
     for index in range(len(PROMPTS)):
         assert tokens[str(index)] == reference[index]
         assert tokens[f"again-{index}"] == reference[index]
+    assert engine.scheduler.stats.num_preemptions > 0
+    assert engine.scheduler.stats.num_cached_prompt_tokens > 0
     assert_pool_full(engine)
 
 

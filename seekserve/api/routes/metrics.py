@@ -50,6 +50,15 @@ class EngineCollector(Collector):
             for name, engine in engines.items():
                 family.add_metric([name], getattr(engine.scheduler.stats, field))
             yield family
+        misses = CounterMetricFamily(
+            "seekserve_prefix_cache_miss_tokens",
+            "Prompt tokens computed because the prefix cache did not hold them",
+            labels=["model"],
+        )
+        for name, engine in engines.items():
+            stats = engine.scheduler.stats
+            misses.add_metric([name], stats.num_prompt_tokens - stats.num_cached_prompt_tokens)
+        yield misses
         yield from self._pool_gauges(engines)
 
     @staticmethod
