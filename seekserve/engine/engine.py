@@ -36,7 +36,9 @@ class Engine:
         arch: ModelArchConfig,
         dtype: torch.dtype,
         eos_token_ids: frozenset[int],
+        fingerprint: str = "",
     ) -> None:
+        """`fingerprint` identifies the weights (prefix-cache namespace, disk tier)."""
         self.config = config
         self.arch = arch
         self.dtype = dtype
@@ -59,7 +61,7 @@ class Engine:
             )
         self.kv_bytes_per_block = kv_bytes_per_block(arch, block_size, dtype)
         # what the K/V of a token prefix depends on besides the tokens
-        namespace = f"{config.model.model}|{arch.architecture}|{dtype}|{block_size}"
+        namespace = f"{fingerprint}|{arch.architecture}|{dtype}|{block_size}"
         self.kv_cache = KVCacheManager(
             num_blocks,
             block_size,
@@ -92,14 +94,15 @@ class Engine:
     @classmethod
     def from_config(cls, config: EngineConfig, eos_token_ids: frozenset[int]) -> Engine:
         """Load the weights named by `config.model.model` (a resolved local path)."""
-        from seekserve.loader.model_loader import load_model
+        from seekserve.loader.model_loader import load_model, model_fingerprint
 
         threads = config.num_threads or EngineConfig.env_num_threads()
         if threads:
             torch.set_num_threads(threads)
         dtype = resolve_dtype(config.model.dtype, config.model.device)
-        model, arch = load_model(Path(config.model.model), dtype, config.model.device)
-        return cls(config, model, arch, dtype, eos_token_ids)
+        path = Path(config.model.model)
+        model, arch = load_model(path, dtype, config.model.device)
+        return cls(config, model, arch, dtype, eos_token_ids, model_fingerprint(path))
 
     # -- requests ------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from pathlib import Path
@@ -70,6 +71,22 @@ def load_model(
         time.perf_counter() - start,
     )
     return model, cfg
+
+
+def model_fingerprint(path: Path, sample_bytes: int = 1 << 20) -> str:
+    """A cheap content fingerprint of a model file or directory: names, sizes and sha256 of
+    the first and last MiB of each weight file. Keys the prefix cache's disk tier, so blocks
+    of one model are never served to another that later sits at the same path."""
+    files = sorted(path.glob("*.safetensors")) + [path / "config.json"] if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for file in files:
+        size = file.stat().st_size
+        digest.update(f"{file.name}:{size}:".encode())
+        with file.open("rb") as handle:
+            digest.update(handle.read(sample_bytes))
+            handle.seek(max(0, size - sample_bytes))
+            digest.update(handle.read(sample_bytes))
+    return digest.hexdigest()[:32]
 
 
 def stack_params(
