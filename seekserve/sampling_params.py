@@ -27,6 +27,8 @@ class SamplingParams:
     """Token ids that end generation besides the tokenizer's EOS ids (the token is dropped)."""
     ignore_eos: bool = False
     """Keep generating past EOS (benchmarks)."""
+    logprobs: int | None = None
+    """None: no logprobs. k in [0, 20]: each token's logprob and the k most likely tokens."""
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -35,6 +37,8 @@ class SamplingParams:
             raise ValueError(f"temperature ({self.temperature}) must be in [0, 2]")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p ({self.top_p}) must be in (0, 1]")
+        if self.logprobs is not None and not 0 <= self.logprobs <= 20:
+            raise ValueError(f"logprobs ({self.logprobs}) must be in [0, 20]")
         for name in ("frequency_penalty", "presence_penalty"):
             value = getattr(self, name)
             if not -2.0 <= value <= 2.0:

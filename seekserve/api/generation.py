@@ -9,10 +9,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from seekserve.api.state import ServedModel
 from seekserve.errors import EngineError
 from seekserve.output.processor import RequestOutputState, TextDelta
+from seekserve.sampling.sampler import TokenLogprob
 from seekserve.sampling_params import SamplingParams
 from seekserve.usage import usage_dict
 
@@ -47,6 +49,23 @@ class Generation:
                 yield delta
                 if delta.finish_reason is not None:
                     return
+
+    def logprob_entries(self, delta: TextDelta) -> list[dict[str, Any]]:
+        """The delta's tokens in the wire shape of `logprobs.content[]` (spec §3)."""
+        return [self._entry(entry) for entry in delta.logprobs]
+
+    def _entry(self, entry: TokenLogprob) -> dict[str, Any]:
+        item = self._token(entry.token_id, entry.logprob)
+        item["top_logprobs"] = [self._token(tid, lp) for tid, lp in entry.top]
+        return item
+
+    def _token(self, token_id: int, logprob: float) -> dict[str, Any]:
+        raw = self.served.tokenizer.token_bytes(token_id)
+        return {
+            "token": raw.decode("utf-8", errors="replace"),
+            "logprob": logprob,
+            "bytes": list(raw),
+        }
 
     def usage(self) -> dict:
         return usage_dict(

@@ -393,8 +393,6 @@ def check_supported(req: ChatCompletionRequest, is_beta: bool) -> None:
         if not is_beta:
             raise InvalidRequest(PREFIX_NEEDS_BETA, param="messages")
         raise NotSupported("Chat prefix completion (prefix: true) is not supported yet")
-    if req.logprobs:
-        raise NotSupported("logprobs is not supported yet", param="logprobs")
     if req.tools:
         raise NotSupported("tools (function calling) is not supported yet", param="tools")
     if req.tool_choice not in (None, "none", "auto"):

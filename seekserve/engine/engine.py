@@ -161,8 +161,8 @@ class Engine:
             rid: requests[rid].output_token_ids if p.frequency_penalty or p.presence_penalty else []
             for rid, p in params.items()
         }
-        sampled = self.runner.execute(scheduler_output, params, history)
-        outputs = self.scheduler.update(scheduler_output, sampled)
+        sampled, logprobs = self.runner.execute(scheduler_output, params, history)
+        outputs = self.scheduler.update(scheduler_output, sampled, logprobs)
         self._write_behind()
         return outputs
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from seekserve.sampling.sampler import TokenLogprob
+
 
 @dataclass(frozen=True, slots=True)
 class ScheduledRequest:
@@ -70,3 +72,5 @@ class EngineOutput:
     num_cached_tokens: int = 0
     # set when the request failed inside the engine; the consumer reports it
     error: str | None = None
+    # one entry per new token when the request asked for logprobs
+    logprobs: list[TokenLogprob] | None = None

@@ -19,6 +19,7 @@ from seekserve.engine.disk_cache import DiskKVCache
 from seekserve.engine.kv_cache import KVCacheManager
 from seekserve.engine.outputs import EngineOutput, EngineStats, ScheduledRequest, SchedulerOutput
 from seekserve.engine.request import Request, RequestStatus
+from seekserve.sampling.sampler import TokenLogprob
 
 
 class Scheduler:
@@ -111,7 +112,10 @@ class Scheduler:
         return SchedulerOutput(scheduled, preempted, kv_loads)
 
     def update(
-        self, output: SchedulerOutput, sampled_token_ids: dict[str, int]
+        self,
+        output: SchedulerOutput,
+        sampled_token_ids: dict[str, int],
+        logprobs: dict[str, TokenLogprob] | None = None,
     ) -> list[EngineOutput]:
         """Advance every scheduled request and record its sampled token, if any."""
         results: list[EngineOutput] = []
@@ -133,6 +137,9 @@ class Scheduler:
                     finish_reason=request.finish_reason,
                     num_prompt_tokens=request.num_prompt_tokens,
                     num_cached_tokens=request.num_cached_tokens or 0,
+                    logprobs=[logprobs[request.request_id]]
+                    if logprobs and request.request_id in logprobs
+                    else None,
                 )
             )
             if request.is_finished:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from seekserve.engine.outputs import EngineOutput
 from seekserve.output.detokenizer import Decoder, IncrementalDetokenizer
 from seekserve.output.stop import StopChecker
+from seekserve.sampling.sampler import TokenLogprob
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,6 +17,9 @@ class TextDelta:
     finish_reason: str | None
     num_output_tokens: int
     """Tokens generated so far (what usage.completion_tokens reports)."""
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    """Logprobs of the tokens this delta covers (when requested); the EOS / stop token that
+    ends a request is not reported, as it adds no text."""
 
 
 class RequestOutputState:
@@ -32,9 +36,12 @@ class RequestOutputState:
         assert self.finish_reason is None, "output after the request finished"
         self.num_output_tokens += len(output.new_token_ids)
         text, stopped = self.stop_checker.feed(self.detokenizer.add(output.new_token_ids))
+        logprobs = list(output.logprobs or [])
         if stopped:
             self.finish_reason = "stop"
         elif output.finish_reason is not None:
             self.finish_reason = output.finish_reason
             text += self.stop_checker.flush()
-        return TextDelta(text, self.finish_reason, self.num_output_tokens)
+            if output.finish_reason == "stop":  # ended on an EOS / stop token id
+                logprobs = logprobs[: len(logprobs) - 1]
+        return TextDelta(text, self.finish_reason, self.num_output_tokens, logprobs)

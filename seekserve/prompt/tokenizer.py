@@ -61,11 +61,11 @@ class Tokenizer:
         self._chat_template = chat_template or None
         self.add_bos_token = add_bos_token
         """True when the model expects a bos id before a prompt not rendered by a template."""
-        self._all_special_ids = frozenset(
-            token_id
-            for token_id, token in backend.get_added_tokens_decoder().items()
-            if token.special
-        )
+        added = backend.get_added_tokens_decoder()
+        self._all_special_ids = frozenset(tid for tid, token in added.items() if token.special)
+        self._added_ids = frozenset(added)
+        self._is_byte_level = isinstance(backend.decoder, tokenizers.decoders.ByteLevel)
+        self._token_bytes: dict[int, bytes] = {}
 
     # ---- constructors -------------------------------------------------------------------
 
@@ -140,6 +140,26 @@ class Tokenizer:
         """Text of `ids` (incomplete UTF-8 at the end shows as U+FFFD)."""
         return self._backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
+    def token_bytes(self, token_id: int) -> bytes:
+        """The exact bytes one token stands for; a byte-level token may hold only part of a
+        UTF-8 character (logprobs report these bytes)."""
+        cached = self._token_bytes.get(token_id)
+        if cached is None:
+            cached = self._token_bytes[token_id] = self._raw_token_bytes(token_id)
+        return cached
+
+    def _raw_token_bytes(self, token_id: int) -> bytes:
+        piece = self._backend.id_to_token(token_id)
+        if piece is None:
+            return b""
+        if token_id in self._added_ids:
+            return piece.encode()
+        if self._is_byte_level:
+            return bytes(_BYTE_OF_CHAR.get(char, 0) for char in piece)
+        if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+            return bytes([int(piece[3:5], 16)])  # sentencepiece byte fallback
+        return piece.replace("\u2581", " ").encode()
+
     def token_to_id(self, token: str) -> int | None:
         """The id of one vocabulary entry, or None."""
         return self._backend.token_to_id(token)
@@ -201,6 +221,25 @@ def _gguf_end_of_generation_ids(
         if token_type == _GGUF_CONTROL_TOKEN_TYPE and token in _END_OF_GENERATION_TEXTS:
             ids.add(token_id)
     return ids
+
+
+def _byte_of_char() -> dict[str, int]:
+    """Inverse of GPT-2's byte → printable character map used by byte-level BPE."""
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("\u00a1"), ord("\u00ac") + 1),
+        *range(ord("\u00ae"), ord("\u00ff") + 1),
+    ]
+    chars = {byte: byte for byte in printable}
+    extra = 0
+    for byte in range(256):
+        if byte not in chars:
+            chars[byte] = 256 + extra
+            extra += 1
+    return {chr(char): byte for byte, char in chars.items()}
+
+
+_BYTE_OF_CHAR = _byte_of_char()
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from torch import nn
 from seekserve.engine.outputs import SchedulerOutput
 from seekserve.models.config import ModelArchConfig
 from seekserve.runner.inputs import prepare_inputs
-from seekserve.sampling.sampler import Sampler
+from seekserve.sampling.sampler import Sampler, TokenLogprob
 from seekserve.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -77,14 +77,16 @@ class ModelRunner:
         output: SchedulerOutput,
         params: dict[str, SamplingParams],
         output_token_ids: dict[str, list[int]],
-    ) -> dict[str, int]:
-        """Run the step and sample; returns request_id → sampled token id."""
+    ) -> tuple[dict[str, int], dict[str, TokenLogprob]]:
+        """Run the step and sample; returns request_id → sampled token id, and request_id →
+        logprobs for the requests that asked for them."""
         request_ids, logits = self.compute_logits(output)
         if not request_ids:
-            return {}
-        token_ids = self.sampler(
+            return {}, {}
+        token_ids, logprobs = self.sampler(
             logits,
             [params[rid] for rid in request_ids],
             [output_token_ids[rid] for rid in request_ids],
         )
-        return dict(zip(request_ids, token_ids, strict=True))
+        sampled = dict(zip(request_ids, token_ids, strict=True))
+        return sampled, {rid: lp for rid, lp in zip(request_ids, logprobs, strict=True) if lp}

@@ -9,9 +9,24 @@ Order (as in OpenAI's and vLLM's definitions):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from seekserve.sampling_params import SamplingParams
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """A sampled token's log-probability under the model, and the most likely alternatives.
+
+    Log-probabilities are log_softmax of the raw logits: before penalties, temperature and
+    top_p (what the model itself assigns; OpenAI's and vLLM's default)."""
+
+    token_id: int
+    logprob: float
+    # (token id, logprob) of the k most likely tokens, most likely first
+    top: list[tuple[int, float]]
 
 
 class Sampler:
@@ -24,8 +39,18 @@ class Sampler:
         logits: torch.Tensor,
         params: list[SamplingParams],
         output_token_ids: list[list[int]],
+    ) -> tuple[list[int], list[TokenLogprob | None]]:
+        """logits: (B, V) fp32, one row per request; returns one token id per row, and its
+        logprobs for the rows that asked for them."""
+        tokens = self._sample(logits, params, output_token_ids)
+        return tokens, compute_logprobs(logits, params, tokens)
+
+    def _sample(
+        self,
+        logits: torch.Tensor,
+        params: list[SamplingParams],
+        output_token_ids: list[list[int]],
     ) -> list[int]:
-        """logits: (B, V) fp32, one row per request; returns one token id per row."""
         logits = apply_penalties(logits, params, output_token_ids)
         greedy = logits.argmax(dim=-1)
         if all(p.is_greedy for p in params):
@@ -44,6 +69,26 @@ class Sampler:
         sampled = (probs / noise).argmax(dim=-1)
         is_greedy = torch.tensor([p.is_greedy for p in params], device=logits.device)
         return torch.where(is_greedy, greedy, sampled).tolist()
+
+
+def compute_logprobs(
+    logits: torch.Tensor, params: list[SamplingParams], tokens: list[int]
+) -> list[TokenLogprob | None]:
+    """Logprobs of the sampled tokens (+ top k) for the rows whose params ask for them."""
+    rows = [row for row, p in enumerate(params) if p.logprobs is not None]
+    result: list[TokenLogprob | None] = [None] * len(params)
+    if not rows:
+        return result
+    logp = torch.log_softmax(logits[rows], dim=-1)  # (R, V)
+    num_top = max(params[row].logprobs or 0 for row in rows)
+    chosen = logp.gather(1, torch.tensor([[tokens[row]] for row in rows], device=logp.device))
+    top_values, top_ids = logp.topk(num_top, dim=-1) if num_top else (logp[:, :0], logp[:, :0])
+    chosen_list, values, ids = chosen[:, 0].tolist(), top_values.tolist(), top_ids.tolist()
+    for index, row in enumerate(rows):
+        k = params[row].logprobs or 0
+        top = [(int(i), v) for i, v in zip(ids[index][:k], values[index][:k], strict=True)]
+        result[row] = TokenLogprob(tokens[row], chosen_list[index], top)
+    return result
 
 
 def apply_penalties(

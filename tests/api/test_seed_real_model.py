@@ -89,3 +89,23 @@ def test_seed_request_returns_every_field_of_the_seed_response(real_client):
         == (usage["prompt_tokens"])
     )
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+def test_logprobs_on_the_real_model(real_client):
+    body = {
+        "model": "deepseek-chat",
+        "messages": [{"role": "user", "content": "Name the planets of the solar system."}],
+        "max_tokens": 24,
+        "temperature": 0,
+        "logprobs": True,
+        "top_logprobs": 5,
+    }
+    choice = real_client.post("/chat/completions", json=body).json()["choices"][0]
+    entries = choice["logprobs"]["content"]
+    assert len(entries) == 24 and choice["finish_reason"] == "length"
+    joined = b"".join(bytes(entry["bytes"]) for entry in entries)
+    assert joined.decode("utf-8") == choice["message"]["content"]
+    for entry in entries:
+        assert entry["top_logprobs"][0]["token"] == entry["token"]
+        assert entry["top_logprobs"][0]["logprob"] == entry["logprob"]
+        assert bytes(entry["bytes"]).decode("utf-8") == entry["token"]

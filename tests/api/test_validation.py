@@ -520,6 +520,8 @@ BOUNDARIES = [
         id="explicit-nulls",
     ),
     pytest.param({"thinking": {"type": "disabled"}}, id="thinking-disabled"),
+    pytest.param({"logprobs": True, "top_logprobs": 20}, id="top_logprobs-20"),
+    pytest.param({"logprobs": True, "top_logprobs": 0}, id="top_logprobs-0"),
     pytest.param({"response_format": {"type": "text"}}, id="response-format-text"),
     pytest.param({"seed": 7, "user": "u-1", "logit_bias": {}}, id="unknown-fields-ignored"),
     pytest.param(
@@ -618,13 +620,6 @@ def test_default_max_tokens_fills_the_context(make_client):
 # -- pass 3: features not offered yet ------------------------------------------------------
 
 UNSUPPORTED = [
-    pytest.param({"logprobs": True}, "logprobs is not supported yet", "logprobs", id="logprobs"),
-    pytest.param(
-        {"logprobs": True, "top_logprobs": 20},
-        "logprobs is not supported yet",
-        "logprobs",
-        id="top-logprobs-20",
-    ),
     pytest.param(
         {"tools": [_tool()]},
         "tools (function calling) is not supported yet",

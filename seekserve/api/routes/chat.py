@@ -59,11 +59,14 @@ async def _chat(request: Request, state: StateDep, is_beta: bool) -> Response:
     fingerprint = state.config.system_fingerprint
     if req.stream:
         return StreamingResponse(
-            _stream(generation, header, fingerprint, req.include_usage),
+            _stream(generation, header, fingerprint, req.include_usage, bool(req.logprobs)),
             media_type="text/event-stream; charset=utf-8",
             headers={"cache-control": "no-cache"},
         )
-    body = await run_until_disconnected(request, _collect(generation, header, fingerprint))
+    with_logprobs = bool(req.logprobs)
+    body = await run_until_disconnected(
+        request, _collect(generation, header, fingerprint, with_logprobs)
+    )
     if body is None:  # client gone; nobody reads this
         return Response(status_code=499)
     return JSONResponse(body)
@@ -103,11 +106,19 @@ def to_sampling_params(
         presence_penalty=req.presence_penalty or 0.0,
         stop=req.stop_list,
         ignore_eos=bool(req.ignore_eos),
+        logprobs=(req.top_logprobs or 0) if req.logprobs else None,
     )
 
 
-async def _collect(gen: Generation, header: dict[str, Any], fingerprint: str) -> dict[str, Any]:
-    text = "".join([delta.text async for delta in gen.deltas()])
+async def _collect(
+    gen: Generation, header: dict[str, Any], fingerprint: str, with_logprobs: bool
+) -> dict[str, Any]:
+    pieces: list[str] = []
+    entries: list[dict[str, Any]] = []
+    async for delta in gen.deltas():
+        pieces.append(delta.text)
+        entries.extend(gen.logprob_entries(delta))
+    text = "".join(pieces)
     return {
         **header,
         "choices": [
@@ -120,7 +131,7 @@ async def _collect(gen: Generation, header: dict[str, Any], fingerprint: str) ->
                     "reasoning_content": None,
                     "tool_calls": [],
                 },
-                "logprobs": None,
+                "logprobs": {"content": entries} if with_logprobs else None,
                 "finish_reason": gen.finish_reason,
             }
         ],
@@ -130,12 +141,22 @@ async def _collect(gen: Generation, header: dict[str, Any], fingerprint: str) ->
 
 
 async def _stream(
-    gen: Generation, header: dict[str, Any], fingerprint: str, include_usage: bool
+    gen: Generation,
+    header: dict[str, Any],
+    fingerprint: str,
+    include_usage: bool,
+    with_logprobs: bool,
 ) -> AsyncIterator[str]:
     base = {**header, "object": "chat.completion.chunk", "system_fingerprint": fingerprint}
+    # logprobs of tokens whose text is still held back ride on the next chunk sent
+    pending: list[dict[str, Any]] = []
 
     def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        logprobs = None
+        if with_logprobs and (pending or finish_reason is not None):
+            logprobs = {"content": pending[:]}
+            pending.clear()
+        choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
         obj: dict[str, Any] = {**base, "choices": [choice]}
         if include_usage:
             obj["usage"] = None  # null on every chunk but the last (spec §4.4)
@@ -144,6 +165,7 @@ async def _stream(
     yield event(chunk({"role": "assistant", "content": ""}))
     try:
         async for delta in gen.deltas():
+            pending.extend(gen.logprob_entries(delta))
             if delta.text:
                 yield event(chunk({"content": delta.text}))
             if delta.finish_reason is not None:
