@@ -17,6 +17,7 @@ from seekserve.engine.engine import Engine
 from seekserve.output.processor import RequestOutputState
 from seekserve.prompt.chat_template import ChatTemplate
 from seekserve.prompt.tokenizer import Tokenizer
+from seekserve.sampling.constraints import GrammarFactory
 from seekserve.sampling_params import SamplingParams
 
 
@@ -62,7 +63,16 @@ class ModelFiles:
 
     def build_engine(self) -> Engine:
         """Load the weights and allocate the KV cache (call on the stepping thread)."""
-        return Engine.from_config(self.config, self.tokenizer.eos_token_ids)
+        return Engine.from_config(self.config, self.tokenizer.eos_token_ids, self.grammars())
+
+    def grammars(self) -> GrammarFactory:
+        """Grammar compiler over this model's tokenizer (JSON mode)."""
+        from transformers import PreTrainedTokenizerFast
+
+        hf_tokenizer = PreTrainedTokenizerFast(tokenizer_object=self.tokenizer.backend)
+        return GrammarFactory(
+            hf_tokenizer, self.tokenizer.vocab_size, sorted(self.tokenizer.eos_token_ids)
+        )
 
 
 class LLM:

@@ -383,6 +383,10 @@ PREFIX_NEEDS_BETA = (
     'prefix is only available when using beta api (set base_url="https://api.deepseek.com/beta")'
 )
 JSON_SCHEMA_UNAVAILABLE = "This response_format type is unavailable now"
+JSON_WORD_NEEDED = (
+    "Prompt must contain the word 'json' in some form to use 'response_format' of type "
+    "'json_object'."
+)
 
 
 def check_supported(req: ChatCompletionRequest, is_beta: bool) -> None:
@@ -406,10 +410,9 @@ def check_supported(req: ChatCompletionRequest, is_beta: bool) -> None:
                 param=f"messages[{index}]",
             )
     if req.response_format is not None and req.response_format.type == "json_object":
-        raise NotSupported(
-            "response_format of type 'json_object' is not supported yet",
-            param="response_format",
-        )
+        prompt = " ".join(m.content or "" for m in req.messages).lower()
+        if "json" not in prompt:
+            raise InvalidRequest(JSON_WORD_NEEDED, param="response_format")
     if req.thinking is not None and req.thinking.type == "enabled":
         raise NotSupported(
             "thinking mode is not supported yet: no reasoning model is configured",

@@ -23,6 +23,7 @@ from seekserve.engine.request import Request
 from seekserve.engine.scheduler import Scheduler
 from seekserve.models.config import ModelArchConfig
 from seekserve.runner.model_runner import ModelRunner, kv_bytes_per_block
+from seekserve.sampling.constraints import GrammarFactory
 from seekserve.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -37,8 +38,11 @@ class Engine:
         dtype: torch.dtype,
         eos_token_ids: frozenset[int],
         fingerprint: str = "",
+        grammars: GrammarFactory | None = None,
     ) -> None:
-        """`fingerprint` identifies the weights (prefix-cache namespace, disk tier)."""
+        """`fingerprint` identifies the weights (prefix-cache namespace, disk tier);
+        `grammars` builds the constraints of JSON-mode requests (None: not offered)."""
+        self.grammars = grammars
         self.config = config
         self.arch = arch
         self.dtype = dtype
@@ -92,7 +96,12 @@ class Engine:
         )
 
     @classmethod
-    def from_config(cls, config: EngineConfig, eos_token_ids: frozenset[int]) -> Engine:
+    def from_config(
+        cls,
+        config: EngineConfig,
+        eos_token_ids: frozenset[int],
+        grammars: GrammarFactory | None = None,
+    ) -> Engine:
         """Load the weights named by `config.model.model` (a resolved local path)."""
         from seekserve.loader.model_loader import load_model, model_fingerprint
 
@@ -102,7 +111,7 @@ class Engine:
         dtype = resolve_dtype(config.model.dtype, config.model.device)
         path = Path(config.model.model)
         model, arch = load_model(path, dtype, config.model.device)
-        return cls(config, model, arch, dtype, eos_token_ids, model_fingerprint(path))
+        return cls(config, model, arch, dtype, eos_token_ids, model_fingerprint(path), grammars)
 
     # -- requests ------------------------------------------------------------------------
 
@@ -122,6 +131,11 @@ class Engine:
                 f"prompt of {len(prompt_token_ids)} tokens leaves no room for output "
                 f"(max_model_len {self.max_model_len})"
             )
+        constraint = None
+        if params.response_format == "json_object":
+            if self.grammars is None:
+                raise ValueError("this engine has no grammar support for json_object")
+            constraint = self.grammars.json_object()
         self.scheduler.add_request(
             Request(
                 request_id=request_id,
@@ -131,6 +145,7 @@ class Engine:
                 max_model_len=self.max_model_len,
                 arrival_time=time.monotonic() if arrival_time is None else arrival_time,
                 cache_salt=cache_salt,
+                constraint=constraint,
             )
         )
 
@@ -161,7 +176,8 @@ class Engine:
             rid: requests[rid].output_token_ids if p.frequency_penalty or p.presence_penalty else []
             for rid, p in params.items()
         }
-        sampled, logprobs = self.runner.execute(scheduler_output, params, history)
+        constraints = {rid: requests[rid].constraint for rid in sampling}
+        sampled, logprobs = self.runner.execute(scheduler_output, params, history, constraints)
         outputs = self.scheduler.update(scheduler_output, sampled, logprobs)
         self._write_behind()
         return outputs

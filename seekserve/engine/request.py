@@ -15,6 +15,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from seekserve.sampling.constraints import GrammarConstraint
 from seekserve.sampling_params import SamplingParams
 
 
@@ -46,6 +47,8 @@ class Request:
     num_cached_tokens: int | None = None
     """Prompt tokens whose K/V came from the prefix cache at first admission (usage)."""
     block_hashes: list[bytes] = field(default_factory=list)
+    constraint: GrammarConstraint | None = None
+    """The request's grammar state when its output is constrained (JSON mode)."""
     """Chained hashes of the full blocks of token_ids, filled lazily by the KV manager."""
 
     def __post_init__(self) -> None:
@@ -78,6 +81,10 @@ class Request:
         is_eos = not params.ignore_eos and token_id in self.eos_token_ids
         if is_eos or token_id in params.stop_token_ids:
             self.finish("stop")
+        elif self.constraint is not None and (
+            not self.constraint.accept(token_id) or self.constraint.is_complete
+        ):
+            self.finish("stop")  # the constrained value is closed
         elif self.num_output_tokens >= params.max_tokens or self.num_tokens >= self.max_model_len:
             self.finish("length")
 

@@ -15,6 +15,7 @@ from torch import nn
 from seekserve.engine.outputs import SchedulerOutput
 from seekserve.models.config import ModelArchConfig
 from seekserve.runner.inputs import prepare_inputs
+from seekserve.sampling.constraints import GrammarConstraint
 from seekserve.sampling.sampler import Sampler, TokenLogprob
 from seekserve.sampling_params import SamplingParams
 
@@ -77,6 +78,7 @@ class ModelRunner:
         output: SchedulerOutput,
         params: dict[str, SamplingParams],
         output_token_ids: dict[str, list[int]],
+        constraints: dict[str, GrammarConstraint | None] | None = None,
     ) -> tuple[dict[str, int], dict[str, TokenLogprob]]:
         """Run the step and sample; returns request_id → sampled token id, and request_id →
         logprobs for the requests that asked for them."""
@@ -87,6 +89,7 @@ class ModelRunner:
             logits,
             [params[rid] for rid in request_ids],
             [output_token_ids[rid] for rid in request_ids],
+            [constraints.get(rid) for rid in request_ids] if constraints else None,
         )
         sampled = dict(zip(request_ids, token_ids, strict=True))
         return sampled, {rid: lp for rid, lp in zip(request_ids, logprobs, strict=True) if lp}

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from seekserve.sampling.constraints import GrammarConstraint, apply_constraints
 from seekserve.sampling_params import SamplingParams
 
 
@@ -39,10 +40,13 @@ class Sampler:
         logits: torch.Tensor,
         params: list[SamplingParams],
         output_token_ids: list[list[int]],
+        constraints: list[GrammarConstraint | None] | None = None,
     ) -> tuple[list[int], list[TokenLogprob | None]]:
         """logits: (B, V) fp32, one row per request; returns one token id per row, and its
-        logprobs for the rows that asked for them."""
-        tokens = self._sample(logits, params, output_token_ids)
+        logprobs for the rows that asked for them. Constrained rows only draw tokens their
+        grammar allows (logprobs still describe the unconstrained model)."""
+        allowed = apply_constraints(logits, constraints) if constraints else logits
+        tokens = self._sample(allowed, params, output_token_ids)
         return tokens, compute_logprobs(logits, params, tokens)
 
     def _sample(

@@ -662,9 +662,10 @@ UNSUPPORTED = [
     ),
     pytest.param(
         {"response_format": {"type": "json_object"}},
-        "response_format of type 'json_object' is not supported yet",
+        "Prompt must contain the word 'json' in some form to use 'response_format' of type "
+        "'json_object'.",
         "response_format",
-        id="json-object",
+        id="json-object-without-the-word-json",
     ),
     pytest.param(
         {"response_format": {"type": "json_schema"}},

@@ -107,6 +107,9 @@ def to_sampling_params(
         stop=req.stop_list,
         ignore_eos=bool(req.ignore_eos),
         logprobs=(req.top_logprobs or 0) if req.logprobs else None,
+        response_format=req.response_format.type
+        if req.response_format is not None and req.response_format.type == "json_object"
+        else None,
     )
 
 
