@@ -138,6 +138,14 @@ class ChatCompletionRequest(_Wire):
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
     @property
+    def assistant_prefix(self) -> str | None:
+        """The text the reply must start with (chat prefix completion, beta), or None."""
+        last = self.messages[-1] if self.messages else None
+        if isinstance(last, AssistantMessage) and last.prefix:
+            return last.content or ""
+        return None
+
+    @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
@@ -393,10 +401,8 @@ def check_supported(req: ChatCompletionRequest, is_beta: bool) -> None:
     """Reject, never silently ignore, what this server cannot do yet."""
     if req.response_format is not None and req.response_format.type == "json_schema":
         raise InvalidRequest(JSON_SCHEMA_UNAVAILABLE, param="response_format")
-    if any(isinstance(m, AssistantMessage) and m.prefix for m in req.messages):
-        if not is_beta:
-            raise InvalidRequest(PREFIX_NEEDS_BETA, param="messages")
-        raise NotSupported("Chat prefix completion (prefix: true) is not supported yet")
+    if req.assistant_prefix is not None and not is_beta:
+        raise InvalidRequest(PREFIX_NEEDS_BETA, param="messages")
     if req.tools:
         raise NotSupported("tools (function calling) is not supported yet", param="tools")
     if req.tool_choice not in (None, "none", "auto"):
@@ -422,5 +428,7 @@ def check_supported(req: ChatCompletionRequest, is_beta: bool) -> None:
 
 def template_messages(req: ChatCompletionRequest) -> list[dict[str, Any]]:
     """Messages as the chat template sees them: role + content (null content → ""); the
-    `reasoning_content` of earlier assistant turns stays out of the prompt."""
-    return [{"role": m.role, "content": m.content or ""} for m in req.messages]
+    `reasoning_content` of earlier assistant turns stays out of the prompt, and so does a
+    prefix-completion message (its text follows the generation prompt instead)."""
+    messages = req.messages[:-1] if req.assistant_prefix is not None else req.messages
+    return [{"role": m.role, "content": m.content or ""} for m in messages]

@@ -706,13 +706,6 @@ def test_exact_deepseek_texts():
     )
 
 
-def test_prefix_on_beta_is_not_supported_yet(client):
-    body = chat_body(messages=[USER, {"role": "assistant", "content": "Sure", "prefix": True}])
-    response = client.post("/beta/chat/completions", json=body)
-    assert_error(response, 400, "Chat prefix completion (prefix: true) is not supported yet")
-    assert_still_serving(client)
-
-
 @pytest.mark.parametrize("path", ["/completions", "/v1/completions"])
 def test_completions_without_beta(client, path):
     response = client.post(path, json={"model": MODEL, "prompt": "def f(", "suffix": ")"})

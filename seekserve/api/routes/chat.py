@@ -77,7 +77,8 @@ def _render_prompt(served: ServedModel, req: ChatCompletionRequest) -> list[int]
         text = served.chat_template.render(template_messages(req), add_generation_prompt=True)
     except ChatTemplateError as exc:
         raise InvalidRequest(f"Invalid messages value: {exc}", param="messages") from None
-    return served.tokenizer.encode(text)
+    # chat prefix completion: the reply continues this text, which is not repeated in it
+    return served.tokenizer.encode(text + (req.assistant_prefix or ""))
 
 
 def to_sampling_params(
