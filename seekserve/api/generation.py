@@ -11,8 +11,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from seekserve.api.protocol import GenerationRequest
 from seekserve.api.state import ServedModel
-from seekserve.errors import EngineError
+from seekserve.errors import ContextTooLong, EngineError, InvalidRequest
 from seekserve.output.processor import RequestOutputState, TextDelta
 from seekserve.sampling.sampler import TokenLogprob
 from seekserve.sampling_params import SamplingParams
@@ -71,3 +72,41 @@ class Generation:
         return usage_dict(
             len(self.prompt_token_ids), self.num_output_tokens, self.num_cached_tokens
         )
+
+
+def build_sampling_params(
+    req: GenerationRequest,
+    served: ServedModel,
+    num_prompt_tokens: int,
+    *,
+    max_output_tokens: int,
+    logprobs: int | None = None,
+    response_format: str | None = None,
+) -> SamplingParams:
+    """Request value → server default → API default, with DeepSeek's range and context
+    checks (spec §2.2, §13)."""
+    cfg, max_len = served.config, served.max_model_len
+    if req.max_tokens is not None:
+        if not 1 <= req.max_tokens <= max_output_tokens:
+            raise InvalidRequest(
+                "Invalid max_tokens value, the valid range of max_tokens is "
+                f"[1, {max_output_tokens}]",
+                param="max_tokens",
+            )
+        max_tokens = req.max_tokens
+    else:
+        default = min(cfg.default_max_tokens, max_output_tokens)
+        max_tokens = max(1, min(default, max_len - num_prompt_tokens))
+    if num_prompt_tokens + max_tokens > max_len:
+        raise ContextTooLong.for_lengths(max_len, num_prompt_tokens, max_tokens)
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=1.0 if req.temperature is None else req.temperature,
+        top_p=1.0 if req.top_p is None else req.top_p,
+        frequency_penalty=req.frequency_penalty or 0.0,
+        presence_penalty=req.presence_penalty or 0.0,
+        stop=req.stop_list,
+        ignore_eos=bool(req.ignore_eos),
+        logprobs=logprobs,
+        response_format=response_format,
+    )

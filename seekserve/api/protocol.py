@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -30,6 +30,9 @@ class _Wire(BaseModel):
     # strict: "1.3" is not a number and 1.0 is not an integer, as with DeepSeek's serde;
     # unknown fields (seed, user, ...) are ignored.
     model_config = ConfigDict(strict=True, extra="ignore")
+
+
+_RequestT = TypeVar("_RequestT", bound=_Wire)
 
 
 class FunctionCall(_Wire):
@@ -108,24 +111,19 @@ class ThinkingOptions(_Wire):
     type: Literal["enabled", "disabled"]
 
 
-class ChatCompletionRequest(_Wire):
-    messages: list[Message]
+class GenerationRequest(_Wire):
+    """The fields chat and FIM completions share."""
+
     model: str
     frequency_penalty: float | None = None
     presence_penalty: float | None = None
     max_tokens: int | None = None
-    response_format: ResponseFormat | None = None
     stop: str | list[str] | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     temperature: float | None = None
     top_p: float | None = None
-    tools: list[Tool] | None = None
-    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
-    logprobs: bool | None = None
-    top_logprobs: int | None = None
     n: int | None = None
-    thinking: ThinkingOptions | None = None
     # extensions beyond DeepSeek's contract, as vLLM and llama.cpp's server accept them
     ignore_eos: bool | None = None
     # a further prefix-cache scope inside the key's (vLLM's name): equal salts share
@@ -138,6 +136,20 @@ class ChatCompletionRequest(_Wire):
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
     @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class ChatCompletionRequest(GenerationRequest):
+    messages: list[Message]
+    response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    thinking: ThinkingOptions | None = None
+
+    @property
     def assistant_prefix(self) -> str | None:
         """The text the reply must start with (chat prefix completion, beta), or None."""
         last = self.messages[-1] if self.messages else None
@@ -145,9 +157,14 @@ class ChatCompletionRequest(_Wire):
             return last.content or ""
         return None
 
-    @property
-    def include_usage(self) -> bool:
-        return bool(self.stream_options and self.stream_options.include_usage)
+
+class CompletionRequest(GenerationRequest):
+    """`POST /beta/completions` (spec §7): FIM when `suffix` is given, else plain."""
+
+    prompt: str
+    suffix: str | None = None
+    echo: bool | None = None
+    logprobs: int | None = None
 
 
 # -- pass 1: parsing -------------------------------------------------------------------------
@@ -155,16 +172,28 @@ class ChatCompletionRequest(_Wire):
 
 def parse_chat_request(body: bytes) -> ChatCompletionRequest:
     """Decode and validate the JSON body (passes 1 and 2 that need no model knowledge)."""
-    payload = parse_json_object(body)
-    try:
-        request = ChatCompletionRequest.model_validate(payload, strict=True)
-    except ValidationError as exc:
-        raise deserialize_error(exc) from None
+    request = _parse(body, ChatCompletionRequest)
     check_values(request)
     return request
 
 
-def parse_json_object(body: bytes) -> dict[str, Any]:
+def parse_completion_request(body: bytes) -> CompletionRequest:
+    request = _parse(body, CompletionRequest)
+    check_generation_values(request)
+    if request.logprobs is not None and not 0 <= request.logprobs <= MAX_TOP_LOGPROBS:
+        raise _range_error("logprobs", f"[0, {MAX_TOP_LOGPROBS}]")
+    return request
+
+
+def _parse(body: bytes, model: type[_RequestT]) -> _RequestT:
+    payload = parse_json_object(body, model.__name__)
+    try:
+        return model.model_validate(payload, strict=True)
+    except ValidationError as exc:
+        raise deserialize_error(exc) from None
+
+
+def parse_json_object(body: bytes, struct: str = "ChatCompletionRequest") -> dict[str, Any]:
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -185,7 +214,7 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise InvalidParameters(
             "Failed to deserialize the JSON body into the target type: invalid type: "
-            f"{describe_json(payload)}, expected struct ChatCompletionRequest"
+            f"{describe_json(payload)}, expected struct {struct}"
         )
     return payload
 
@@ -304,21 +333,12 @@ def _range_error(field: str, interval: str) -> InvalidRequest:
 
 def check_values(req: ChatCompletionRequest) -> None:
     """Ranges and cross-field rules that need no model knowledge (spec §2.2)."""
-    if req.n is not None and req.n != 1:
-        raise InvalidRequest("Invalid n value (currently only n = 1 is supported)", param="n")
+    check_generation_values(req)
     if not req.messages:
         raise InvalidRequest(
             "Invalid messages value, messages must contain at least one message",
             param="messages",
         )
-    if req.temperature is not None and not 0.0 <= req.temperature <= 2.0:
-        raise _range_error("temperature", "[0, 2.0]")
-    if req.top_p is not None and not 0.0 < req.top_p <= 1.0:
-        raise _range_error("top_p", "(0, 1.0]")
-    for name in ("frequency_penalty", "presence_penalty"):
-        value = getattr(req, name)
-        if value is not None and not -2.0 <= value <= 2.0:
-            raise _range_error(name, "[-2.0, 2.0]")
     if req.top_logprobs is not None:
         if not 0 <= req.top_logprobs <= MAX_TOP_LOGPROBS:
             raise _range_error("top_logprobs", f"[0, {MAX_TOP_LOGPROBS}]")
@@ -328,6 +348,22 @@ def check_values(req: ChatCompletionRequest) -> None:
                 "true",
                 param="top_logprobs",
             )
+    _check_tools(req)
+    _check_messages(req)
+
+
+def check_generation_values(req: GenerationRequest) -> None:
+    """The range rules chat and FIM completions share."""
+    if req.n is not None and req.n != 1:
+        raise InvalidRequest("Invalid n value (currently only n = 1 is supported)", param="n")
+    if req.temperature is not None and not 0.0 <= req.temperature <= 2.0:
+        raise _range_error("temperature", "[0, 2.0]")
+    if req.top_p is not None and not 0.0 < req.top_p <= 1.0:
+        raise _range_error("top_p", "(0, 1.0]")
+    for name in ("frequency_penalty", "presence_penalty"):
+        value = getattr(req, name)
+        if value is not None and not -2.0 <= value <= 2.0:
+            raise _range_error(name, "[-2.0, 2.0]")
     if len(req.stop_list) > MAX_STOP_SEQUENCES:
         raise InvalidRequest(
             f"Invalid stop value, at most {MAX_STOP_SEQUENCES} stop sequences are allowed "
@@ -339,8 +375,6 @@ def check_values(req: ChatCompletionRequest) -> None:
             "Invalid stream_options value, stream_options is only allowed when stream is true",
             param="stream_options",
         )
-    _check_tools(req)
-    _check_messages(req)
 
 
 def _check_tools(req: ChatCompletionRequest) -> None:

@@ -160,6 +160,14 @@ class Tokenizer:
             return bytes([int(piece[3:5], 16)])  # sentencepiece byte fallback
         return piece.replace("\u2581", " ").encode()
 
+    @property
+    def fim_tokens(self) -> tuple[str, str, str] | None:
+        """(prefix, suffix, middle) markers of fill-in-the-middle, if the vocabulary has them."""
+        for markers in _FIM_MARKERS:
+            if all(self._backend.token_to_id(m) is not None for m in markers):
+                return markers
+        return None
+
     def token_to_id(self, token: str) -> int | None:
         """The id of one vocabulary entry, or None."""
         return self._backend.token_to_id(token)
@@ -221,6 +229,18 @@ def _gguf_end_of_generation_ids(
         if token_type == _GGUF_CONTROL_TOKEN_TYPE and token in _END_OF_GENERATION_TEXTS:
             ids.add(token_id)
     return ids
+
+
+# fill-in-the-middle markers, in prefix-suffix-middle order, by model family
+_FIM_MARKERS = (
+    ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"),  # Qwen2.5-Coder
+    ("<fim_prefix>", "<fim_suffix>", "<fim_middle>"),  # StarCoder
+    (
+        "<\uff5cfim\u2581begin\uff5c>",
+        "<\uff5cfim\u2581hole\uff5c>",
+        "<\uff5cfim\u2581end\uff5c>",
+    ),  # DeepSeek
+)
 
 
 def _byte_of_char() -> dict[str, int]:

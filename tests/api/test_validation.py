@@ -713,12 +713,6 @@ def test_completions_without_beta(client, path):
     assert_still_serving(client)
 
 
-def test_fim_on_beta_is_not_supported_yet(client):
-    response = client.post("/beta/completions", json={"model": MODEL, "prompt": "def f("})
-    assert_error(response, 400, "FIM completion (/beta/completions) is not supported yet")
-    assert_still_serving(client)
-
-
 @pytest.mark.parametrize(
     ("method", "path"),
     [("POST", "/embeddings"), ("GET", "/user/balance"), ("POST", "/v2/chat/completions")],

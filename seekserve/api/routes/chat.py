@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from seekserve.api.cancellation import run_until_disconnected
-from seekserve.api.generation import Generation
+from seekserve.api.generation import Generation, build_sampling_params
 from seekserve.api.protocol import (
     ChatCompletionRequest,
     check_supported,
@@ -20,7 +20,7 @@ from seekserve.api.protocol import (
 )
 from seekserve.api.sse import DONE, event
 from seekserve.api.state import AuthDep, ServedModel, StateDep
-from seekserve.errors import ContextTooLong, EngineError, InvalidRequest, to_status_and_body
+from seekserve.errors import EngineError, InvalidRequest, to_status_and_body
 from seekserve.prompt.chat_template import ChatTemplateError
 from seekserve.sampling_params import SamplingParams
 
@@ -84,33 +84,14 @@ def _render_prompt(served: ServedModel, req: ChatCompletionRequest) -> list[int]
 def to_sampling_params(
     req: ChatCompletionRequest, served: ServedModel, num_prompt_tokens: int
 ) -> SamplingParams:
-    """Request value → server default → API default, with DeepSeek's range and context
-    checks (spec §2.2, §13)."""
-    cfg, max_len = served.config, served.max_model_len
-    if req.max_tokens is not None:
-        if not 1 <= req.max_tokens <= cfg.max_output_tokens:
-            raise InvalidRequest(
-                "Invalid max_tokens value, the valid range of max_tokens is "
-                f"[1, {cfg.max_output_tokens}]",
-                param="max_tokens",
-            )
-        max_tokens = req.max_tokens
-    else:
-        max_tokens = max(1, min(cfg.default_max_tokens, max_len - num_prompt_tokens))
-    if num_prompt_tokens + max_tokens > max_len:
-        raise ContextTooLong.for_lengths(max_len, num_prompt_tokens, max_tokens)
-    return SamplingParams(
-        max_tokens=max_tokens,
-        temperature=1.0 if req.temperature is None else req.temperature,
-        top_p=1.0 if req.top_p is None else req.top_p,
-        frequency_penalty=req.frequency_penalty or 0.0,
-        presence_penalty=req.presence_penalty or 0.0,
-        stop=req.stop_list,
-        ignore_eos=bool(req.ignore_eos),
+    json_mode = req.response_format is not None and req.response_format.type == "json_object"
+    return build_sampling_params(
+        req,
+        served,
+        num_prompt_tokens,
+        max_output_tokens=served.config.max_output_tokens,
         logprobs=(req.top_logprobs or 0) if req.logprobs else None,
-        response_format=req.response_format.type
-        if req.response_format is not None and req.response_format.type == "json_object"
-        else None,
+        response_format="json_object" if json_mode else None,
     )
 
 
