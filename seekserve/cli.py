@@ -63,6 +63,12 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling generator")
+    p.add_argument(
+        "--keepalive-interval",
+        type=float,
+        default=10.0,
+        help="seconds of silence after which a stream gets a ': keep-alive' comment",
+    )
     p.add_argument("--log-level", default="info")
 
 
@@ -97,6 +103,7 @@ def _serve(args: argparse.Namespace) -> int:
         port=args.port,
         api_keys=tuple(args.api_key),
         shared_prefix_cache=args.shared_prefix_cache,
+        keepalive_interval_s=args.keepalive_interval,
     )
     app = create_app(server_config, [engine_config])
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)

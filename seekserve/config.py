@@ -138,6 +138,8 @@ class ServerConfig:
     """Accepted bearer keys; empty means no authentication."""
     system_fingerprint: str = "fp_seekserve"
     """`system_fingerprint` of every response."""
+    keepalive_interval_s: float = 10.0
+    """A stream silent this long (queued, long prefill) gets a `: keep-alive` SSE comment."""
     shared_prefix_cache: bool = False
     """With API keys: False isolates each key's prefix cache (as DeepSeek isolates users),
     True shares it (single tenant). Without keys the cache is always shared."""

@@ -144,11 +144,18 @@ def make_client(tiny_chat_model_dir: Path) -> Iterator[Callable[..., object]]:
     clients: list[TestClient] = []
 
     def make(
-        api_keys: tuple[str, ...] = (), shared_prefix_cache: bool = False, **kwargs: object
+        api_keys: tuple[str, ...] = (),
+        shared_prefix_cache: bool = False,
+        keepalive_interval_s: float = 10.0,
+        **kwargs: object,
     ) -> TestClient:
         kwargs.setdefault("num_blocks", 256)
         config = engine_config(tiny_chat_model_dir, **kwargs)
-        server = ServerConfig(api_keys=api_keys, shared_prefix_cache=shared_prefix_cache)
+        server = ServerConfig(
+            api_keys=api_keys,
+            shared_prefix_cache=shared_prefix_cache,
+            keepalive_interval_s=keepalive_interval_s,
+        )
         app = create_app(server, [config])
         client = TestClient(app)
         client.__enter__()

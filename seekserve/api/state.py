@@ -46,7 +46,13 @@ class ServerState:
 
     def model(self, name: str) -> ServedModel:
         if name not in self.models:
-            raise UnknownModel(name)
+            hint = ""
+            if name == "deepseek-reasoner":
+                hint = (
+                    "no thinking model is configured on this server; serve one with "
+                    "`seekserve serve --model PATH --served-model-name deepseek-reasoner`"
+                )
+            raise UnknownModel(name, hint)
         return self.models[name]
 
 

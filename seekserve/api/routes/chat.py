@@ -18,7 +18,7 @@ from seekserve.api.protocol import (
     parse_chat_request,
     template_messages,
 )
-from seekserve.api.sse import DONE, event
+from seekserve.api.sse import DONE, KEEPALIVE, event, with_keepalive
 from seekserve.api.state import AuthDep, ServedModel, StateDep
 from seekserve.errors import EngineError, InvalidRequest, to_status_and_body
 from seekserve.prompt.chat_template import ChatTemplateError
@@ -59,7 +59,14 @@ async def _chat(request: Request, state: StateDep, is_beta: bool) -> Response:
     fingerprint = state.config.system_fingerprint
     if req.stream:
         return StreamingResponse(
-            _stream(generation, header, fingerprint, req.include_usage, bool(req.logprobs)),
+            _stream(
+                generation,
+                header,
+                fingerprint,
+                req.include_usage,
+                bool(req.logprobs),
+                state.config.keepalive_interval_s,
+            ),
             media_type="text/event-stream; charset=utf-8",
             headers={"cache-control": "no-cache"},
         )
@@ -131,6 +138,7 @@ async def _stream(
     fingerprint: str,
     include_usage: bool,
     with_logprobs: bool,
+    keepalive_interval_s: float,
 ) -> AsyncIterator[str]:
     base = {**header, "object": "chat.completion.chunk", "system_fingerprint": fingerprint}
     # logprobs of tokens whose text is still held back ride on the next chunk sent
@@ -149,7 +157,10 @@ async def _stream(
 
     yield event(chunk({"role": "assistant", "content": ""}))
     try:
-        async for delta in gen.deltas():
+        async for delta in with_keepalive(gen.deltas(), keepalive_interval_s):
+            if delta is None:  # silent for a while (queued or a long prefill)
+                yield KEEPALIVE
+                continue
             pending.extend(gen.logprob_entries(delta))
             if delta.text:
                 yield event(chunk({"content": delta.text}))
