@@ -7,12 +7,16 @@ usage. Leaving the iteration early (client gone, stop string) aborts the engine 
 from __future__ import annotations
 
 import contextlib
+import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from fastapi import Request
+
 from seekserve.api.protocol import GenerationRequest
-from seekserve.api.state import ServedModel
+from seekserve.api.state import ServedModel, ServerState
 from seekserve.errors import ContextTooLong, EngineError, InvalidRequest
 from seekserve.output.processor import RequestOutputState, TextDelta
 from seekserve.sampling.sampler import TokenLogprob
@@ -50,6 +54,29 @@ class Generation:
                 yield delta
                 if delta.finish_reason is not None:
                     return
+
+    @classmethod
+    def start(
+        cls,
+        state: ServerState,
+        request: Request,
+        served: ServedModel,
+        req: GenerationRequest,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+    ) -> Generation:
+        """A new request id; the prefix-cache scope is the key's, narrowed by `cache_salt`."""
+        salt = state.cache_salt(request) + "\x00" + (req.cache_salt or "")
+        return cls(served, str(uuid.uuid4()), prompt_token_ids, params, cache_salt=salt)
+
+    def header(self, object_name: str) -> dict[str, Any]:
+        """The leading fields of every response body and chunk."""
+        return {
+            "id": self.request_id,
+            "object": object_name,
+            "created": int(time.time()),
+            "model": self.served.name,
+        }
 
     def logprob_entries(self, delta: TextDelta) -> list[dict[str, Any]]:
         """The delta's tokens in the wire shape of `logprobs.content[]` (spec §3)."""

@@ -8,10 +8,18 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
+from fastapi.responses import StreamingResponse
+
 T = TypeVar("T")
 
 DONE = "data: [DONE]\n\n"
 KEEPALIVE = ": keep-alive\n\n"
+
+
+def sse_response(events: AsyncIterator[str]) -> StreamingResponse:
+    return StreamingResponse(
+        events, media_type="text/event-stream; charset=utf-8", headers={"cache-control": "no-cache"}
+    )
 
 
 def dumps(obj: Any) -> str:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 
 from seekserve.api.cancellation import run_until_disconnected
 from seekserve.api.generation import Generation, build_sampling_params
@@ -18,7 +16,7 @@ from seekserve.api.protocol import (
     parse_chat_request,
     template_messages,
 )
-from seekserve.api.sse import DONE, KEEPALIVE, event, with_keepalive
+from seekserve.api.sse import DONE, KEEPALIVE, event, sse_response, with_keepalive
 from seekserve.api.state import AuthDep, ServedModel, StateDep
 from seekserve.errors import EngineError, InvalidRequest, to_status_and_body
 from seekserve.prompt.chat_template import ChatTemplateError
@@ -43,22 +41,12 @@ async def _chat(request: Request, state: StateDep, is_beta: bool) -> Response:
     served = state.model(req.model)
     check_supported(req, is_beta)
     prompt_token_ids = _render_prompt(served, req)
-    generation = Generation(
-        served,
-        str(uuid.uuid4()),
-        prompt_token_ids,
-        to_sampling_params(req, served, len(prompt_token_ids)),
-        cache_salt=state.cache_salt(request) + "\x00" + (req.cache_salt or ""),
-    )
-    header = {
-        "id": generation.request_id,
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": served.name,
-    }
+    params = to_sampling_params(req, served, len(prompt_token_ids))
+    generation = Generation.start(state, request, served, req, prompt_token_ids, params)
+    header = generation.header("chat.completion")
     fingerprint = state.config.system_fingerprint
     if req.stream:
-        return StreamingResponse(
+        return sse_response(
             _stream(
                 generation,
                 header,
@@ -66,9 +54,7 @@ async def _chat(request: Request, state: StateDep, is_beta: bool) -> Response:
                 req.include_usage,
                 bool(req.logprobs),
                 state.config.keepalive_interval_s,
-            ),
-            media_type="text/event-stream; charset=utf-8",
-            headers={"cache-control": "no-cache"},
+            )
         )
     with_logprobs = bool(req.logprobs)
     body = await run_until_disconnected(

@@ -7,18 +7,16 @@ Under `/beta`: `prompt` (+ `suffix` for fill-in-the-middle with the model's FIM 
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 
 from seekserve.api.cancellation import run_until_disconnected
 from seekserve.api.generation import Generation, build_sampling_params
 from seekserve.api.protocol import CompletionRequest, parse_completion_request
-from seekserve.api.sse import DONE, event
+from seekserve.api.sse import DONE, event, sse_response
 from seekserve.api.state import AuthDep, StateDep
 from seekserve.errors import EngineError, InvalidRequest, to_status_and_body
 from seekserve.output.processor import TextDelta
@@ -60,26 +58,11 @@ async def beta_completions(request: Request, state: StateDep) -> Response:
         max_output_tokens=MAX_FIM_OUTPUT_TOKENS,
         logprobs=req.logprobs,
     )
-    gen = Generation(
-        served,
-        str(uuid.uuid4()),
-        prompt_token_ids,
-        params,
-        cache_salt=state.cache_salt(request) + "\x00" + (req.cache_salt or ""),
-    )
-    header = {
-        "id": gen.request_id,
-        "object": "text_completion",
-        "created": int(time.time()),
-        "model": served.name,
-    }
+    gen = Generation.start(state, request, served, req, prompt_token_ids, params)
+    header = gen.header("text_completion")
     shape = _Shape(gen, req, state.config.system_fingerprint)
     if req.stream:
-        return StreamingResponse(
-            _stream(gen, header, shape, req.include_usage),
-            media_type="text/event-stream; charset=utf-8",
-            headers={"cache-control": "no-cache"},
-        )
+        return sse_response(_stream(gen, header, shape, req.include_usage))
     body = await run_until_disconnected(request, _collect(gen, header, shape))
     return Response(status_code=499) if body is None else JSONResponse(body)
 
