@@ -33,6 +33,13 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
     p.add_argument(
+        "--quantization",
+        choices=["int8"],
+        default=None,
+        help="int8 weight-only linear layers: faster decode, outputs close to (not equal to) "
+        "the unquantized model's",
+    )
+    p.add_argument(
         "--api-key",
         action="append",
         default=[],
@@ -84,6 +91,7 @@ def _serve(args: argparse.Namespace) -> int:
             dtype=args.dtype,
             device=args.device,
             max_model_len=args.max_model_len,
+            quantization=args.quantization,
         ),
         cache=CacheConfig(
             block_size=args.block_size,

@@ -79,10 +79,14 @@ class ModelConfig:
     """Upper bound of `max_tokens` (DeepSeek: 8192 for deepseek-chat)."""
     default_max_tokens: int = 4096
     """`max_tokens` when a request omits it (DeepSeek Classic: 4096), capped by the context."""
+    quantization: str | None = None
+    """None, or "int8": int8 weight-only linear layers (faster bandwidth-bound decode)."""
 
     def __post_init__(self) -> None:
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError(f"max_model_len ({self.max_model_len}) must be >= 2")
+        if self.quantization not in (None, "int8"):
+            raise ValueError(f"quantization {self.quantization!r} is not supported; use int8")
         if not 1 <= self.default_max_tokens <= self.max_output_tokens:
             raise ValueError(
                 f"default_max_tokens ({self.default_max_tokens}) must be in "

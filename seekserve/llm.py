@@ -76,10 +76,17 @@ class ModelFiles:
 
 
 class LLM:
-    def __init__(self, model: str, dtype: str = "auto", seed: int = 0, **cache_and_sched: Any):
+    def __init__(
+        self,
+        model: str,
+        dtype: str = "auto",
+        seed: int = 0,
+        quantization: str | None = None,
+        **cache_and_sched: Any,
+    ):
         cache_keys = {"block_size", "kv_cache_memory_bytes", "num_blocks"}
         config = EngineConfig(
-            model=ModelConfig(model=model, dtype=dtype),
+            model=ModelConfig(model=model, dtype=dtype, quantization=quantization),
             cache=CacheConfig(**{k: v for k, v in cache_and_sched.items() if k in cache_keys}),
             scheduler=SchedulerConfig(
                 **{k: v for k, v in cache_and_sched.items() if k not in cache_keys}

@@ -65,7 +65,8 @@ class Engine:
             )
         self.kv_bytes_per_block = kv_bytes_per_block(arch, block_size, dtype)
         # what the K/V of a token prefix depends on besides the tokens
-        namespace = f"{fingerprint}|{arch.architecture}|{dtype}|{block_size}"
+        quant = config.model.quantization or "none"
+        namespace = f"{fingerprint}|{arch.architecture}|{dtype}|{quant}|{block_size}"
         self.kv_cache = KVCacheManager(
             num_blocks,
             block_size,
@@ -111,6 +112,10 @@ class Engine:
         dtype = resolve_dtype(config.model.dtype, config.model.device)
         path = Path(config.model.model)
         model, arch = load_model(path, dtype, config.model.device)
+        if config.model.quantization == "int8":
+            from seekserve.models.layers.quant import quantize_linears_int8
+
+            logger.info("int8 weight-only: %d linear layers", quantize_linears_int8(model))
         return cls(config, model, arch, dtype, eos_token_ids, model_fingerprint(path), grammars)
 
     # -- requests ------------------------------------------------------------------------
