@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from seekserve.api.routes import chat, completions, health, models
 from seekserve.api.routes.metrics import make_registry
@@ -57,6 +59,8 @@ def create_app(server_config: ServerConfig, engine_configs: list[EngineConfig]) 
                 served.engine.stop()
 
     app = FastAPI(title="SeekServe", version="0.1.0", lifespan=lifespan)
+
+    app.add_middleware(TraceIdMiddleware)
     # browsers may call the API from any origin, as they may call DeepSeek's
     app.add_middleware(
         CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"]
@@ -66,6 +70,29 @@ def create_app(server_config: ServerConfig, engine_configs: list[EngineConfig]) 
         app.include_router(router)
     _install_error_handlers(app)
     return app
+
+
+class TraceIdMiddleware:
+    """DeepSeek answers every request with a 32-hex-digit `x-ds-trace-id` (spec §1). Plain
+    ASGI (no body buffering), so streams and disconnects pass through untouched."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        trace_id = uuid.uuid4().hex.encode()
+
+        async def send_with_trace_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers.append((b"x-ds-trace-id", trace_id))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_trace_id)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -329,3 +329,14 @@ def test_cors_preflight_is_answered(client):
     assert response.status_code == 200
     assert response.headers["access-control-allow-origin"] == "*"
     assert "POST" in response.headers["access-control-allow-methods"]
+
+
+def test_every_response_has_a_trace_id(client):
+    import re
+
+    for response in (
+        client.post("/chat/completions", json={"model": "deepseek-chat", "messages": [], "n": 1}),
+        client.get("/models"),
+        client.get("/no-such-path"),
+    ):
+        assert re.fullmatch(r"[0-9a-f]{32}", response.headers["x-ds-trace-id"])
