@@ -10,6 +10,8 @@ from typing import Any, TypeVar
 
 from fastapi.responses import StreamingResponse
 
+from seekserve.errors import to_status_and_body
+
 T = TypeVar("T")
 
 DONE = "data: [DONE]\n\n"
@@ -20,6 +22,11 @@ def sse_response(events: AsyncIterator[str]) -> StreamingResponse:
     return StreamingResponse(
         events, media_type="text/event-stream; charset=utf-8", headers={"cache-control": "no-cache"}
     )
+
+
+def error_event(exc: BaseException) -> str:
+    """The error envelope as the last data event of a stream that failed after it began."""
+    return event(to_status_and_body(exc)[1])
 
 
 def dumps(obj: Any) -> str:

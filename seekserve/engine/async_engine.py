@@ -63,10 +63,6 @@ class AsyncEngine:
         if self._thread is not None:
             self._thread.join(timeout=10)
 
-    @property
-    def num_active_requests(self) -> int:
-        return len(self._streams)
-
     async def generate(
         self,
         request_id: str,

@@ -104,9 +104,8 @@ class DiskKVCache:
     # -- commands ------------------------------------------------------------------------
 
     def submit(self, block_hash: bytes, data: torch.Tensor) -> None:
-        """Queue a block for writing (`data` must not change afterwards: pass a copy)."""
-        if self.contains(block_hash):
-            return
+        """Queue a block for writing (`data` must not change afterwards: pass a copy); the
+        writer skips blocks already on disk."""
         try:
             self._pending.put_nowait((block_hash, data))
         except queue.Full:

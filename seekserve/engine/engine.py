@@ -48,8 +48,9 @@ class Engine:
         self.dtype = dtype
         self.eos_token_ids = eos_token_ids
         block_size = config.cache.block_size
+        self.kv_bytes_per_block = kv_bytes_per_block(arch, block_size, dtype)
         num_blocks = config.cache.num_blocks or max(
-            1, config.cache.kv_cache_memory_bytes // kv_bytes_per_block(arch, block_size, dtype)
+            1, config.cache.kv_cache_memory_bytes // self.kv_bytes_per_block
         )
         pool_tokens = num_blocks * block_size
         wanted_len = config.model.max_model_len or arch.max_position_embeddings
@@ -63,7 +64,6 @@ class Engine:
                 pool_tokens,
                 arch.max_position_embeddings,
             )
-        self.kv_bytes_per_block = kv_bytes_per_block(arch, block_size, dtype)
         # what the K/V of a token prefix depends on besides the tokens
         quant = config.model.quantization or "none"
         namespace = f"{fingerprint}|{arch.architecture}|{dtype}|{quant}|{block_size}"
@@ -92,7 +92,7 @@ class Engine:
             num_blocks,
             block_size,
             pool_tokens,
-            num_blocks * kv_bytes_per_block(arch, block_size, dtype) / 2**20,
+            num_blocks * self.kv_bytes_per_block / 2**20,
             self.max_model_len,
         )
 

@@ -124,6 +124,8 @@ class KVCacheManager:
         self.namespace = namespace
         self.pool = BlockPool(num_blocks)
         self._block_tables: dict[str, list[int]] = {}
+        # request id → how many of its leading blocks are registered in the cache already
+        self._num_registered: dict[str, int] = {}
         # (block id, hash) registered since the engine last drained it (for the disk tier)
         self.newly_cached: list[tuple[int, bytes]] = []
 
@@ -194,12 +196,18 @@ class KVCacheManager:
             return
         table = self.block_table(request.request_id)
         num_full = min(request.num_computed_tokens // self.block_size, len(table))
-        for index, block_hash in enumerate(self.block_hashes(request, num_full)):
-            if self.pool.cache(table[index], block_hash):
-                self.newly_cached.append((table[index], block_hash))
+        start = self._num_registered.get(request.request_id, 0)
+        if num_full <= start:  # most decode steps: no block became full
+            return
+        hashes = self.block_hashes(request, num_full)
+        for index in range(start, num_full):
+            if self.pool.cache(table[index], hashes[index]):
+                self.newly_cached.append((table[index], hashes[index]))
+        self._num_registered[request.request_id] = num_full
 
     def free(self, request: Request) -> None:
         """Return all of the request's blocks; the last blocks are evicted first."""
+        self._num_registered.pop(request.request_id, None)
         self.pool.free(reversed(self._block_tables.pop(request.request_id, [])))
 
     def max_cached_blocks(self, request: Request) -> int:

@@ -16,9 +16,16 @@ from seekserve.api.protocol import (
     parse_chat_request,
     template_messages,
 )
-from seekserve.api.sse import DONE, KEEPALIVE, event, sse_response, with_keepalive
+from seekserve.api.sse import (
+    DONE,
+    KEEPALIVE,
+    error_event,
+    event,
+    sse_response,
+    with_keepalive,
+)
 from seekserve.api.state import AuthDep, ServedModel, StateDep
-from seekserve.errors import EngineError, InvalidRequest, to_status_and_body
+from seekserve.errors import EngineError, InvalidRequest
 from seekserve.prompt.chat_template import ChatTemplateError
 from seekserve.sampling_params import SamplingParams
 
@@ -45,6 +52,7 @@ async def _chat(request: Request, state: StateDep, is_beta: bool) -> Response:
     generation = Generation.start(state, request, served, req, prompt_token_ids, params)
     header = generation.header("chat.completion")
     fingerprint = state.config.system_fingerprint
+    with_logprobs = bool(req.logprobs)
     if req.stream:
         return sse_response(
             _stream(
@@ -52,11 +60,10 @@ async def _chat(request: Request, state: StateDep, is_beta: bool) -> Response:
                 header,
                 fingerprint,
                 req.include_usage,
-                bool(req.logprobs),
+                with_logprobs,
                 state.config.keepalive_interval_s,
             )
         )
-    with_logprobs = bool(req.logprobs)
     body = await run_until_disconnected(
         request, _collect(generation, header, fingerprint, with_logprobs)
     )
@@ -155,6 +162,5 @@ async def _stream(
                 last["usage"] = gen.usage()
                 yield event(last)
     except EngineError as exc:
-        _, body = to_status_and_body(exc)
-        yield event(body)
+        yield error_event(exc)
     yield DONE

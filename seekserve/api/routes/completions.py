@@ -16,9 +16,9 @@ from fastapi.responses import JSONResponse, Response
 from seekserve.api.cancellation import run_until_disconnected
 from seekserve.api.generation import Generation, build_sampling_params
 from seekserve.api.protocol import CompletionRequest, parse_completion_request
-from seekserve.api.sse import DONE, event, sse_response
+from seekserve.api.sse import DONE, error_event, event, sse_response
 from seekserve.api.state import AuthDep, StateDep
-from seekserve.errors import EngineError, InvalidRequest, to_status_and_body
+from seekserve.errors import EngineError, InvalidRequest
 from seekserve.output.processor import TextDelta
 from seekserve.prompt.fim import NoFimTokens, fim_prompt
 
@@ -150,6 +150,5 @@ async def _stream(
             last["usage"] = gen.usage()
             yield event(last)
     except EngineError as exc:
-        _, body = to_status_and_body(exc)
-        yield event(body)
+        yield error_event(exc)
     yield DONE
