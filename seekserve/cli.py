@@ -63,6 +63,13 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="share the prefix cache between API keys (default: one scope per key)",
     )
+    p.add_argument(
+        "--reasoning",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a thinking model: split <think>...</think> into reasoning_content (default: "
+        "when served as deepseek-reasoner)",
+    )
     p.add_argument("--max-model-len", type=int, default=None, help="context length override")
     p.add_argument("--max-num-seqs", type=int, default=64, help="most concurrent requests")
     p.add_argument(
@@ -92,6 +99,7 @@ def _serve(args: argparse.Namespace) -> int:
             device=args.device,
             max_model_len=args.max_model_len,
             quantization=args.quantization,
+            reasoning=args.reasoning,
         ),
         cache=CacheConfig(
             block_size=args.block_size,

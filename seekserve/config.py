@@ -75,10 +75,14 @@ class ModelConfig:
     """torch device the weights and KV cache live on."""
     max_model_len: int | None = None
     """Context length (prompt + output); default: the model's trained context."""
-    max_output_tokens: int = 8192
-    """Upper bound of `max_tokens` (DeepSeek: 8192 for deepseek-chat)."""
-    default_max_tokens: int = 4096
-    """`max_tokens` when a request omits it (DeepSeek Classic: 4096), capped by the context."""
+    reasoning: bool | None = None
+    """A thinking model (`<think>` output split into reasoning_content); None: when served
+    as deepseek-reasoner."""
+    max_output_tokens: int | None = None
+    """Upper bound of `max_tokens`; None: DeepSeek's, 8192 (chat) or 65536 (reasoner)."""
+    default_max_tokens: int | None = None
+    """`max_tokens` when a request omits it, capped by the context; None: DeepSeek's, 4096
+    (chat) or 32768 (reasoner)."""
     quantization: str | None = None
     """None, or "int8": int8 weight-only linear layers (faster bandwidth-bound decode)."""
 
@@ -87,11 +91,29 @@ class ModelConfig:
             raise ValueError(f"max_model_len ({self.max_model_len}) must be >= 2")
         if self.quantization not in (None, "int8"):
             raise ValueError(f"quantization {self.quantization!r} is not supported; use int8")
-        if not 1 <= self.default_max_tokens <= self.max_output_tokens:
+        if not 1 <= self.output_tokens_default <= self.output_tokens_limit:
             raise ValueError(
-                f"default_max_tokens ({self.default_max_tokens}) must be in "
-                f"[1, max_output_tokens={self.max_output_tokens}]"
+                f"default_max_tokens ({self.output_tokens_default}) must be in "
+                f"[1, max_output_tokens={self.output_tokens_limit}]"
             )
+
+    @property
+    def is_reasoning(self) -> bool:
+        if self.reasoning is None:
+            return self.served_model_name == "deepseek-reasoner"
+        return self.reasoning
+
+    @property
+    def output_tokens_limit(self) -> int:
+        if self.max_output_tokens is not None:
+            return self.max_output_tokens
+        return 65536 if self.is_reasoning else 8192
+
+    @property
+    def output_tokens_default(self) -> int:
+        if self.default_max_tokens is not None:
+            return self.default_max_tokens
+        return min(32768 if self.is_reasoning else 4096, self.output_tokens_limit)
 
 
 @dataclass(frozen=True)

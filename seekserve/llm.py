@@ -7,6 +7,7 @@ print(out.text)
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -63,10 +64,12 @@ class ModelFiles:
 
     def build_engine(self) -> Engine:
         """Load the weights and allocate the KV cache (call on the stepping thread)."""
-        return Engine.from_config(self.config, self.tokenizer.eos_token_ids, self.grammars())
+        return Engine.from_config(self.config, self.tokenizer.eos_token_ids, self.grammars)
 
+    @functools.cached_property
     def grammars(self) -> GrammarFactory:
-        """Grammar compiler over this model's tokenizer (JSON mode)."""
+        """Grammar compiler over this model's tokenizer (JSON mode, tool calls), shared by
+        the engine and the API (which compiles a request's grammar before queueing it)."""
         from transformers import PreTrainedTokenizerFast
 
         hf_tokenizer = PreTrainedTokenizerFast(tokenizer_object=self.tokenizer.backend)

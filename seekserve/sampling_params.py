@@ -7,6 +7,18 @@ default, see `api/protocol.py`); the engine trusts them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass(frozen=True, slots=True)
+class GrammarSpec:
+    """What a request's output is constrained to (compiled by sampling/constraints.py)."""
+
+    kind: Literal["json_object", "structural_tag"]
+    source: str = ""
+    """For "structural_tag": the xgrammar structural tag, as JSON text."""
+    end_when_complete: bool = True
+    """End generation as soon as the grammar can end (else the model ends it by EOS)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,9 +41,8 @@ class SamplingParams:
     """Keep generating past EOS (benchmarks)."""
     logprobs: int | None = None
     """None: no logprobs. k in [0, 20]: each token's logprob and the k most likely tokens."""
-    response_format: str | None = None
-    """None: free text. "json_object": output constrained to one JSON object, ending when
-    it closes."""
+    grammar: GrammarSpec | None = None
+    """None: free text. Else the output follows the grammar (JSON mode, tool calls)."""
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -40,8 +51,6 @@ class SamplingParams:
             raise ValueError(f"temperature ({self.temperature}) must be in [0, 2]")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p ({self.top_p}) must be in (0, 1]")
-        if self.response_format not in (None, "json_object"):
-            raise ValueError(f"response_format ({self.response_format!r}) must be json_object")
         if self.logprobs is not None and not 0 <= self.logprobs <= 20:
             raise ValueError(f"logprobs ({self.logprobs}) must be in [0, 20]")
         for name in ("frequency_penalty", "presence_penalty"):

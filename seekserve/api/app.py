@@ -37,6 +37,7 @@ def load_served_models(engine_configs: list[EngineConfig]) -> dict[str, ServedMo
             engine=AsyncEngine(files.build_engine),  # weights load on the engine thread
             tokenizer=files.tokenizer,
             chat_template=files.chat_template,
+            grammars=files.grammars,
         )
     return served
 

@@ -20,7 +20,7 @@ from seekserve.api.state import ServedModel, ServerState
 from seekserve.errors import ContextTooLong, EngineError, InvalidRequest
 from seekserve.output.processor import RequestOutputState, TextDelta
 from seekserve.sampling.sampler import TokenLogprob
-from seekserve.sampling_params import SamplingParams
+from seekserve.sampling_params import GrammarSpec, SamplingParams
 from seekserve.usage import usage_dict
 
 
@@ -95,9 +95,12 @@ class Generation:
             "bytes": list(raw),
         }
 
-    def usage(self) -> dict:
+    def usage(self, num_reasoning_tokens: int = 0) -> dict:
         return usage_dict(
-            len(self.prompt_token_ids), self.num_output_tokens, self.num_cached_tokens
+            len(self.prompt_token_ids),
+            self.num_output_tokens,
+            self.num_cached_tokens,
+            num_reasoning_tokens,
         )
 
 
@@ -108,7 +111,7 @@ def build_sampling_params(
     *,
     max_output_tokens: int,
     logprobs: int | None = None,
-    response_format: str | None = None,
+    grammar: GrammarSpec | None = None,
 ) -> SamplingParams:
     """Request value → server default → API default, with DeepSeek's range and context
     checks (spec §2.2, §13)."""
@@ -122,7 +125,7 @@ def build_sampling_params(
             )
         max_tokens = req.max_tokens
     else:
-        default = min(cfg.default_max_tokens, max_output_tokens)
+        default = min(cfg.output_tokens_default, max_output_tokens)
         max_tokens = max(1, min(default, max_len - num_prompt_tokens))
     if num_prompt_tokens + max_tokens > max_len:
         raise ContextTooLong.for_lengths(max_len, num_prompt_tokens, max_tokens)
@@ -135,5 +138,5 @@ def build_sampling_params(
         stop=req.stop_list,
         ignore_eos=bool(req.ignore_eos),
         logprobs=logprobs,
-        response_format=response_format,
+        grammar=grammar,
     )

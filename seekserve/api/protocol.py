@@ -4,7 +4,7 @@ Validation happens in three passes, each with DeepSeek's status and wording (spe
   1. shape and types (pydantic, strict) → "Failed to deserialize the JSON body into the target
      type: <path>: <reason>"; 400 under `messages` / `tools` (as observed), else 422;
   2. values and ranges → 400 "Invalid <field> value, ...";
-  3. features this server does not offer yet → 400 "... is not supported yet".
+  3. rules of the endpoint (beta) and the model kind (reasoner) → DeepSeek's 400 texts.
 
 Parameter precedence when building SamplingParams: request value → server default → API
 default (temperature 1, top_p 1, penalties 0, max_tokens 4096 capped by the context).
@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from seekserve.errors import ApiError, InvalidParameters, InvalidRequest, NotSupported
+from seekserve.errors import ApiError, InvalidParameters, InvalidRequest
 
 MAX_STOP_SEQUENCES = 16
 MAX_TOOLS = 128
@@ -148,6 +148,25 @@ class ChatCompletionRequest(GenerationRequest):
     logprobs: bool | None = None
     top_logprobs: int | None = None
     thinking: ThinkingOptions | None = None
+
+    @property
+    def strict_tools(self) -> bool:
+        return any(tool.function.strict for tool in self.tools or [])
+
+    @property
+    def effective_tool_choice(self) -> str | NamedToolChoice:
+        """DeepSeek's default: "none" without tools, "auto" with them."""
+        if self.tool_choice is not None:
+            return self.tool_choice
+        return "auto" if self.tools else "none"
+
+    @property
+    def prefix_reasoning(self) -> str | None:
+        """The `reasoning_content` of a prefix-completion message (reasoner), or None."""
+        last = self.messages[-1] if self.messages else None
+        if isinstance(last, AssistantMessage) and last.prefix:
+            return last.reasoning_content
+        return None
 
     @property
     def assistant_prefix(self) -> str | None:
@@ -431,38 +450,58 @@ JSON_WORD_NEEDED = (
 )
 
 
-def check_supported(req: ChatCompletionRequest, is_beta: bool) -> None:
-    """Reject, never silently ignore, what this server cannot do yet."""
+STRICT_NEEDS_ALL = (
+    "Invalid tools value: in strict mode every function must set strict to true ({name} does not)"
+)
+
+
+def check_supported(req: ChatCompletionRequest, is_beta: bool, reasoning: bool) -> None:
+    """Rules that depend on the endpoint and on the model kind (spec §2.3, §8)."""
     if req.response_format is not None and req.response_format.type == "json_schema":
         raise InvalidRequest(JSON_SCHEMA_UNAVAILABLE, param="response_format")
     if req.assistant_prefix is not None and not is_beta:
         raise InvalidRequest(PREFIX_NEEDS_BETA, param="messages")
-    if req.tools:
-        raise NotSupported("tools (function calling) is not supported yet", param="tools")
-    if req.tool_choice not in (None, "none", "auto"):
-        raise NotSupported("tool_choice is not supported yet", param="tool_choice")
-    for index, message in enumerate(req.messages):
-        if isinstance(message, ToolMessage) or (
-            isinstance(message, AssistantMessage) and message.tool_calls
-        ):
-            raise NotSupported(
-                f"messages[{index}]: tool calls in the conversation are not supported yet",
-                param=f"messages[{index}]",
-            )
     if req.response_format is not None and req.response_format.type == "json_object":
         prompt = " ".join(m.content or "" for m in req.messages).lower()
         if "json" not in prompt:
             raise InvalidRequest(JSON_WORD_NEEDED, param="response_format")
-    if req.thinking is not None and req.thinking.type == "enabled":
-        raise NotSupported(
-            "thinking mode is not supported yet: no reasoning model is configured",
-            param="thinking",
-        )
+    if reasoning:
+        for name in ("logprobs", "top_logprobs"):
+            value = getattr(req, name)
+            if value is not None and value is not False:
+                raise InvalidRequest(
+                    f"deepseek-reasoner does not support the parameter `{name}`", param=name
+                )
+    if is_beta and req.strict_tools:
+        _check_strict(req)
+
+
+def _check_strict(req: ChatCompletionRequest) -> None:
+    """Beta strict mode: all functions strict, each schema inside DeepSeek's subset."""
+    from seekserve.api.tool_schema import check_strict_schema
+
+    for index, tool in enumerate(req.tools or []):
+        if not tool.function.strict:
+            raise InvalidRequest(
+                STRICT_NEEDS_ALL.format(name=repr(tool.function.name)),
+                param=f"tools[{index}].function.strict",
+            )
+        if tool.function.parameters is not None:
+            check_strict_schema(tool.function.parameters, f"tools[{index}].function.parameters")
 
 
 def template_messages(req: ChatCompletionRequest) -> list[dict[str, Any]]:
-    """Messages as the chat template sees them: role + content (null content → ""); the
-    `reasoning_content` of earlier assistant turns stays out of the prompt, and so does a
-    prefix-completion message (its text follows the generation prompt instead)."""
+    """Messages as prompt/ sees them: role, content (null → ""), and `tool_calls` /
+    `tool_call_id` where given. The `reasoning_content` of earlier assistant turns stays out
+    of the prompt, and so does a prefix-completion message (its text follows the generation
+    prompt instead)."""
     messages = req.messages[:-1] if req.assistant_prefix is not None else req.messages
-    return [{"role": m.role, "content": m.content or ""} for m in messages]
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        item: dict[str, Any] = {"role": message.role, "content": message.content or ""}
+        if isinstance(message, AssistantMessage) and message.tool_calls:
+            item["tool_calls"] = [call.model_dump() for call in message.tool_calls]
+        elif isinstance(message, ToolMessage):
+            item["tool_call_id"] = message.tool_call_id
+        out.append(item)
+    return out

@@ -11,20 +11,23 @@ from fastapi import Depends, Request
 
 from seekserve.config import ModelConfig, ServerConfig
 from seekserve.engine.async_engine import AsyncEngine
-from seekserve.errors import AuthenticationFailed, UnknownModel
+from seekserve.errors import AuthenticationFailed, InvalidRequest, UnknownModel
 from seekserve.prompt.chat_template import ChatTemplate
 from seekserve.prompt.tokenizer import Tokenizer
+from seekserve.sampling.constraints import GrammarFactory
 
 
 @dataclass
 class ServedModel:
-    """One model as served under a name: its async engine, tokenizer and chat template."""
+    """One model as served under a name: its async engine, tokenizer, chat template and
+    grammar compiler."""
 
     name: str
     config: ModelConfig
     engine: AsyncEngine
     tokenizer: Tokenizer
     chat_template: ChatTemplate
+    grammars: GrammarFactory
 
     @property
     def max_model_len(self) -> int:
@@ -54,6 +57,25 @@ class ServerState:
                 )
             raise UnknownModel(name, hint)
         return self.models[name]
+
+    def thinking_model(self) -> ServedModel:
+        """The served thinking model (`thinking: {"type": "enabled"}`)."""
+        for served in self.models.values():
+            if served.config.is_reasoning:
+                return served
+        raise InvalidRequest(
+            "Invalid thinking value: thinking mode is not available, no reasoning model is "
+            "configured on this server (serve one as deepseek-reasoner)",
+            param="thinking",
+        )
+
+    def non_thinking_model(self) -> ServedModel | None:
+        """deepseek-chat, or any non-thinking model (`thinking: {"type": "disabled"}`)."""
+        candidates = [s for s in self.models.values() if not s.config.is_reasoning]
+        for served in candidates:
+            if served.name == "deepseek-chat":
+                return served
+        return candidates[0] if candidates else None
 
 
 def get_state(request: Request) -> ServerState:

@@ -41,7 +41,7 @@ class Engine:
         grammars: GrammarFactory | None = None,
     ) -> None:
         """`fingerprint` identifies the weights (prefix-cache namespace, disk tier);
-        `grammars` builds the constraints of JSON-mode requests (None: not offered)."""
+        `grammars` builds the constraints of requests with a grammar (None: not offered)."""
         self.grammars = grammars
         self.config = config
         self.arch = arch
@@ -137,10 +137,10 @@ class Engine:
                 f"(max_model_len {self.max_model_len})"
             )
         constraint = None
-        if params.response_format == "json_object":
+        if params.grammar is not None:
             if self.grammars is None:
-                raise ValueError("this engine has no grammar support for json_object")
-            constraint = self.grammars.json_object()
+                raise ValueError("this engine has no grammar support")
+            constraint = self.grammars.build(params.grammar)
         self.scheduler.add_request(
             Request(
                 request_id=request_id,

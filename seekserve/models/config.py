@@ -7,7 +7,7 @@ about files, tokenizers or the engine.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -30,6 +30,9 @@ class ModelArchConfig:
     """True when the LM head reuses the token embedding matrix."""
     attention_bias: bool = False
     """True when q/k/v projections carry a bias (qwen2)."""
+    hf_config: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    """The config.json this was read from ({} for GGUF): settings beyond these fields, such as
+    the scripted test model's scripts."""
 
     def __post_init__(self) -> None:
         if self.num_attention_heads % self.num_key_value_heads:
@@ -58,4 +61,5 @@ class ModelArchConfig:
             max_position_embeddings=cfg.get("max_position_embeddings", 2048),
             tie_word_embeddings=cfg.get("tie_word_embeddings", False),
             attention_bias=cfg.get("attention_bias", model_type == "qwen2"),
+            hf_config=cfg,
         )

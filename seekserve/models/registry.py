@@ -11,6 +11,7 @@ from seekserve.models.config import ModelArchConfig
 _ARCHITECTURES = {
     "llama": ("seekserve.models.llama", "LlamaForCausalLM"),
     "qwen2": ("seekserve.models.llama", "LlamaForCausalLM"),  # llama + QKV bias
+    "scripted": ("seekserve.models.scripted", "ScriptedForCausalLM"),  # tests: forced replies
 }
 
 

@@ -17,6 +17,8 @@ class TextDelta:
     finish_reason: str | None
     num_output_tokens: int
     """Tokens generated so far (what usage.completion_tokens reports)."""
+    num_new_tokens: int = 0
+    """Tokens this delta covers."""
     logprobs: list[TokenLogprob] = field(default_factory=list)
     """Logprobs of the tokens this delta covers (when requested); the EOS / stop token that
     ends a request is not reported, as it adds no text."""
@@ -44,4 +46,10 @@ class RequestOutputState:
             text += self.stop_checker.flush()
             if output.finish_reason == "stop":  # ended on an EOS / stop token id
                 logprobs = logprobs[: len(logprobs) - 1]
-        return TextDelta(text, self.finish_reason, self.num_output_tokens, logprobs)
+        return TextDelta(
+            text,
+            self.finish_reason,
+            self.num_output_tokens,
+            len(output.new_token_ids),
+            logprobs,
+        )

@@ -9,6 +9,7 @@ templates expect (`raise_exception`, `strftime_now`, `tojson`).
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from typing import Any
 
@@ -53,6 +54,8 @@ class ChatTemplate:
         self._template = env.from_string(self.source)
         self._bos_token = bos_token or ""
         self._eos_token = eos_token or ""
+        self.takes_tools = re.search(r"\btools\b", self.source) is not None
+        """The template renders a `tools` list itself (else prompt/tools.py describes them)."""
 
     def render(
         self,

@@ -32,6 +32,11 @@ _END_OF_GENERATION_TEXTS = frozenset(
         "<EOT>",
         "_<EOT>",
         "<｜end▁of▁sentence｜>",
+        # fill-in-the-middle padding and repository-level separators (llama.cpp's fim_pad,
+        # fim_rep, fim_sep): a FIM model that writes one has finished the middle
+        "<|fim_pad|>",
+        "<|repo_name|>",
+        "<|file_sep|>",
     }
 )
 _GGUF_CONTROL_TOKEN_TYPE = 3

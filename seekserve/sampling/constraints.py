@@ -16,15 +16,20 @@ from typing import Any
 import torch
 import xgrammar as xgr
 
+from seekserve.sampling_params import GrammarSpec
+
 # The JSON object grammar emits compact JSON: unbounded whitespace lets small models loop.
 _JSON_OBJECT_SCHEMA = {"type": "object"}
 
 
 class GrammarConstraint:
-    """One request's position in its grammar."""
+    """One request's position in its grammar. With `end_when_complete` generation ends as
+    soon as the grammar can end (a JSON object closed); without it the model decides, by
+    EOS, among what the grammar allows (another tool call, or the end)."""
 
-    def __init__(self, matcher: xgr.GrammarMatcher) -> None:
+    def __init__(self, matcher: xgr.GrammarMatcher, end_when_complete: bool = True) -> None:
         self._matcher = matcher
+        self._end_when_complete = end_when_complete
 
     def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
         self._matcher.fill_next_token_bitmask(bitmask, row)
@@ -35,8 +40,10 @@ class GrammarConstraint:
 
     @property
     def is_complete(self) -> bool:
-        """The top-level value is closed: generation can end here."""
-        return bool(self._matcher.is_completed() or self._matcher.is_terminated())
+        """Generation must end here."""
+        if self._matcher.is_terminated():
+            return True
+        return self._end_when_complete and bool(self._matcher.is_completed())
 
 
 class GrammarFactory:
@@ -60,8 +67,29 @@ class GrammarFactory:
             json.dumps(_JSON_OBJECT_SCHEMA), any_whitespace=False
         )
 
+    def build(self, spec: GrammarSpec) -> GrammarConstraint:
+        if spec.kind == "json_object":
+            return self.json_object()
+        return self.structural_tag(spec.source, spec.end_when_complete)
+
     def json_object(self) -> GrammarConstraint:
         return GrammarConstraint(xgr.GrammarMatcher(self._json_object))
+
+    def compile_structural_tag(self, spec: str) -> xgr.CompiledGrammar:
+        """Compile (cached by the spec's text); raises ValueError for a spec or schema
+        xgrammar cannot compile."""
+        try:
+            return self._structural_tag(spec)
+        except Exception as exc:  # xgrammar raises RuntimeError / its own errors
+            raise ValueError(f"cannot compile the grammar: {exc}") from exc
+
+    @functools.lru_cache(maxsize=128)  # noqa: B019 - one factory per served model
+    def _structural_tag(self, spec: str) -> xgr.CompiledGrammar:
+        return self._compiler.compile_structural_tag(spec)
+
+    def structural_tag(self, spec: str, end_when_complete: bool) -> GrammarConstraint:
+        compiled = self.compile_structural_tag(spec)
+        return GrammarConstraint(xgr.GrammarMatcher(compiled), end_when_complete)
 
 
 def apply_constraints(

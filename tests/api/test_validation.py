@@ -617,49 +617,9 @@ def test_default_max_tokens_fills_the_context(make_client):
     assert_still_serving(small)
 
 
-# -- pass 3: features not offered yet ------------------------------------------------------
+# -- pass 3: rules of the endpoint and the model kind -------------------------------------
 
 UNSUPPORTED = [
-    pytest.param(
-        {"tools": [_tool()]},
-        "tools (function calling) is not supported yet",
-        "tools",
-        id="tools",
-    ),
-    pytest.param(
-        {"tools": [_tool(f"f_{i}-{'x' * 58}") for i in range(128)], "tool_choice": "required"},
-        "tools (function calling) is not supported yet",
-        "tools",
-        id="128-tools-with-64-char-names",
-    ),
-    pytest.param(
-        {
-            "messages": [
-                USER,
-                {
-                    "role": "assistant",
-                    "content": None,
-                    "tool_calls": [
-                        {
-                            "id": "call_0",
-                            "type": "function",
-                            "function": {"name": "f", "arguments": "{}"},
-                        }
-                    ],
-                },
-                {"role": "tool", "content": "22 C", "tool_call_id": "call_0"},
-            ]
-        },
-        "messages[1]: tool calls in the conversation are not supported yet",
-        "messages[1]",
-        id="tool-call-history",
-    ),
-    pytest.param(
-        {"messages": [USER, {"role": "tool", "content": "22 C", "tool_call_id": "call_0"}]},
-        "messages[1]: tool calls in the conversation are not supported yet",
-        "messages[1]",
-        id="tool-message",
-    ),
     pytest.param(
         {"response_format": {"type": "json_object"}},
         "Prompt must contain the word 'json' in some form to use 'response_format' of type "
@@ -675,7 +635,8 @@ UNSUPPORTED = [
     ),
     pytest.param(
         {"thinking": {"type": "enabled"}},
-        "thinking mode is not supported yet: no reasoning model is configured",
+        "Invalid thinking value: thinking mode is not available, no reasoning model is "
+        "configured on this server (serve one as deepseek-reasoner)",
         "thinking",
         id="thinking-enabled",
     ),

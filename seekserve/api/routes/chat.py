@@ -2,34 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
-
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from seekserve.api import chat_response
 from seekserve.api.cancellation import run_until_disconnected
+from seekserve.api.chat_plan import plan_chat
 from seekserve.api.generation import Generation, build_sampling_params
-from seekserve.api.protocol import (
-    ChatCompletionRequest,
-    check_supported,
-    parse_chat_request,
-    template_messages,
-)
-from seekserve.api.sse import (
-    DONE,
-    KEEPALIVE,
-    error_event,
-    event,
-    sse_response,
-    with_keepalive,
-)
-from seekserve.api.state import AuthDep, ServedModel, StateDep
-from seekserve.errors import EngineError, InvalidRequest
-from seekserve.prompt.chat_template import ChatTemplateError
-from seekserve.sampling_params import SamplingParams
+from seekserve.api.protocol import ChatCompletionRequest, check_supported, parse_chat_request
+from seekserve.api.sse import sse_response
+from seekserve.api.state import AuthDep, ServedModel, ServerState, StateDep
+from seekserve.sampling_params import GrammarSpec, SamplingParams
 
 router = APIRouter(dependencies=[AuthDep])
+
+# what a thinking model ignores (spec §2.3): its sampling is the server's, not the request's
+_IGNORED_BY_REASONER = {
+    "temperature": None,
+    "top_p": None,
+    "frequency_penalty": None,
+    "presence_penalty": None,
+}
 
 
 @router.post("/chat/completions")
@@ -45,18 +38,19 @@ async def beta_chat_completions(request: Request, state: StateDep) -> Response:
 
 async def _chat(request: Request, state: StateDep, is_beta: bool) -> Response:
     req = parse_chat_request(await request.body())
-    served = state.model(req.model)
-    check_supported(req, is_beta)
-    prompt_token_ids = _render_prompt(served, req)
-    params = to_sampling_params(req, served, len(prompt_token_ids))
-    generation = Generation.start(state, request, served, req, prompt_token_ids, params)
+    served = _served_model(state, req)
+    check_supported(req, is_beta, served.config.is_reasoning)
+    plan = await plan_chat(req, served, is_beta)
+    params = to_sampling_params(req, served, len(plan.prompt_token_ids), plan.grammar)
+    generation = Generation.start(state, request, served, req, plan.prompt_token_ids, params)
     header = generation.header("chat.completion")
     fingerprint = state.config.system_fingerprint
     with_logprobs = bool(req.logprobs)
     if req.stream:
         return sse_response(
-            _stream(
+            chat_response.stream(
                 generation,
+                plan,
                 header,
                 fingerprint,
                 req.include_usage,
@@ -65,102 +59,40 @@ async def _chat(request: Request, state: StateDep, is_beta: bool) -> Response:
             )
         )
     body = await run_until_disconnected(
-        request, _collect(generation, header, fingerprint, with_logprobs)
+        request, chat_response.collect(generation, plan, header, fingerprint, with_logprobs)
     )
     if body is None:  # client gone; nobody reads this
         return Response(status_code=499)
     return JSONResponse(body)
 
 
-def _render_prompt(served: ServedModel, req: ChatCompletionRequest) -> list[int]:
-    try:
-        text = served.chat_template.render(template_messages(req), add_generation_prompt=True)
-    except ChatTemplateError as exc:
-        raise InvalidRequest(f"Invalid messages value: {exc}", param="messages") from None
-    # chat prefix completion: the reply continues this text, which is not repeated in it
-    return served.tokenizer.encode(text + (req.assistant_prefix or ""))
+def _served_model(state: ServerState, req: ChatCompletionRequest) -> ServedModel:
+    """The model named, or the one `thinking` switches to (spec §2.2: `thinking: enabled` on
+    deepseek-chat is deepseek-reasoner)."""
+    served = state.model(req.model)
+    if req.thinking is None:
+        return served
+    wants_thinking = req.thinking.type == "enabled"
+    if wants_thinking == served.config.is_reasoning:
+        return served
+    if wants_thinking:
+        return state.thinking_model()
+    return state.non_thinking_model() or served
 
 
 def to_sampling_params(
-    req: ChatCompletionRequest, served: ServedModel, num_prompt_tokens: int
+    req: ChatCompletionRequest,
+    served: ServedModel,
+    num_prompt_tokens: int,
+    grammar: GrammarSpec | None,
 ) -> SamplingParams:
-    json_mode = req.response_format is not None and req.response_format.type == "json_object"
+    if served.config.is_reasoning:
+        req = req.model_copy(update=_IGNORED_BY_REASONER)
     return build_sampling_params(
         req,
         served,
         num_prompt_tokens,
-        max_output_tokens=served.config.max_output_tokens,
+        max_output_tokens=served.config.output_tokens_limit,
         logprobs=(req.top_logprobs or 0) if req.logprobs else None,
-        response_format="json_object" if json_mode else None,
+        grammar=grammar,
     )
-
-
-async def _collect(
-    gen: Generation, header: dict[str, Any], fingerprint: str, with_logprobs: bool
-) -> dict[str, Any]:
-    pieces: list[str] = []
-    entries: list[dict[str, Any]] = []
-    async for delta in gen.deltas():
-        pieces.append(delta.text)
-        entries.extend(gen.logprob_entries(delta))
-    text = "".join(pieces)
-    return {
-        **header,
-        "choices": [
-            {
-                "index": 0,
-                # every field of the seed's message schema, as vLLM also sends them
-                "message": {
-                    "role": "assistant",
-                    "content": text,
-                    "reasoning_content": None,
-                    "tool_calls": [],
-                },
-                "logprobs": {"content": entries} if with_logprobs else None,
-                "finish_reason": gen.finish_reason,
-            }
-        ],
-        "usage": gen.usage(),
-        "system_fingerprint": fingerprint,
-    }
-
-
-async def _stream(
-    gen: Generation,
-    header: dict[str, Any],
-    fingerprint: str,
-    include_usage: bool,
-    with_logprobs: bool,
-    keepalive_interval_s: float,
-) -> AsyncIterator[str]:
-    base = {**header, "object": "chat.completion.chunk", "system_fingerprint": fingerprint}
-    # logprobs of tokens whose text is still held back ride on the next chunk sent
-    pending: list[dict[str, Any]] = []
-
-    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
-        logprobs = None
-        if with_logprobs and (pending or finish_reason is not None):
-            logprobs = {"content": pending[:]}
-            pending.clear()
-        choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
-        obj: dict[str, Any] = {**base, "choices": [choice]}
-        if include_usage:
-            obj["usage"] = None  # null on every chunk but the last (spec §4.4)
-        return obj
-
-    yield event(chunk({"role": "assistant", "content": ""}))
-    try:
-        async for delta in with_keepalive(gen.deltas(), keepalive_interval_s):
-            if delta is None:  # silent for a while (queued or a long prefill)
-                yield KEEPALIVE
-                continue
-            pending.extend(gen.logprob_entries(delta))
-            if delta.text:
-                yield event(chunk({"content": delta.text}))
-            if delta.finish_reason is not None:
-                last = chunk({"content": ""}, delta.finish_reason)
-                last["usage"] = gen.usage()
-                yield event(last)
-    except EngineError as exc:
-        yield error_event(exc)
-    yield DONE
