@@ -122,7 +122,10 @@ async def _grammar(
     if req.response_format is not None and req.response_format.type == "json_object":
         if think == "none":
             return GrammarSpec("json_object")
-        return GrammarSpec("structural_tag", json_object_grammar(think))
+        spec = GrammarSpec("structural_tag", json_object_grammar(think))
+        if not await _compiles(served, spec):
+            raise RuntimeError("the JSON-after-thinking grammar does not compile")
+        return spec
     return None
 
 

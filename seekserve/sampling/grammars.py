@@ -47,8 +47,12 @@ def _structural_tag(fmt: dict[str, Any]) -> str:
 
 
 def json_object_grammar(think: Think) -> str:
-    """One JSON object (compact), after the think block."""
-    obj = {"type": "json_schema", "json_schema": {"type": "object"}, "max_whitespace_cnt": 0}
+    """One JSON object, after the think block."""
+    obj = {
+        "type": "json_schema",
+        "json_schema": {"type": "object"},
+        "max_whitespace_cnt": _MAX_WHITESPACE,
+    }
     return _structural_tag(_think_then(think, obj))
 
 
