@@ -55,6 +55,7 @@ CHAT_SCRIPTS: dict[str, list[str | int]] = {
         "</tool_call>",
     ],
     "no call please": ["It", " is", " sunny", "."],
+    "bad args please": ["<tool_call>", "\n", '{"name": "get_weather", "arguments": {"city": 5}}'],
 }
 
 REASONER_SCRIPTS: dict[str, list[str | int]] = {
