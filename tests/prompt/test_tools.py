@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from seekserve.output.tool_calls import HERMES
-from seekserve.prompt.chat_template import ChatTemplate
+from seekserve.prompt.chat_template import ChatTemplate, ChatTemplateError
 from seekserve.prompt.tokenizer import Tokenizer
 from seekserve.prompt.tools import render_chat, tool_system_prompt
 
@@ -90,13 +90,11 @@ def test_tool_template_matches_transformers(qwen_gguf):
 def test_plain_template_gets_our_tool_prompt_and_flattened_history(smollm2_gguf):
     ours = _template(Tokenizer.from_gguf(smollm2_gguf))
     assert not ours.takes_tools
-    with pytest.raises(Exception):  # what we protect it from: content null
+    with pytest.raises(ChatTemplateError):  # what we protect it from: content null
         ours.render([{"role": "assistant", "content": None}])
     text = render_chat(ours, HISTORY, TOOLS, HERMES)
     assert text == (
-        "<|im_start|>system\nBe brief.\n\n"
-        + tool_system_prompt(TOOLS, HERMES)
-        + "<|im_end|>\n"
+        "<|im_start|>system\nBe brief.\n\n" + tool_system_prompt(TOOLS, HERMES) + "<|im_end|>\n"
         "<|im_start|>user\nWeather in Paris and Rome?<|im_end|>\n"
         "<|im_start|>assistant\n"
         '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
