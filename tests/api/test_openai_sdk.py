@@ -4,68 +4,32 @@ that go away mid-request (the engine request is aborted and its KV blocks freed)
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
-import uvicorn
-from fastapi import FastAPI
 
 from seekserve.api.app import create_app
 from seekserve.config import ServerConfig
-from seekserve.engine.engine import Engine
 from seekserve.engine.request import Request
-from tests.api.helpers import CHAT, MODEL, chat_body, engine_of, wait_until_idle
+from tests.api.helpers import CHAT, MODEL, chat_body, wait_until_idle
+from tests.api.live import LiveServer, live_server
 from tests.conftest import engine_config
 
 NUM_TOKENS = 12
 
 
-@dataclass
-class LiveServer:
-    base_url: str
-    app: FastAPI
-
-    @property
-    def engine(self) -> Engine:
-        return engine_of(self)
-
-
 @pytest.fixture(scope="module")
 def server(tiny_chat_model_dir: Path) -> Iterator[LiveServer]:
     app = create_app(ServerConfig(), [engine_config(tiny_chat_model_dir, num_blocks=256)])
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    base_url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "server did not become healthy in 30 s"
-        assert thread.is_alive(), "server thread died"
-        time.sleep(0.05)
-    try:
-        yield LiveServer(base_url, app)
-    finally:
-        uv.should_exit = True
-        thread.join(timeout=15)
-        sock.close()
-        assert not thread.is_alive()
+    with live_server(app) as live:
+        yield live
 
 
 @pytest.fixture(scope="module")

@@ -115,3 +115,17 @@ def test_from_pretrained_dir_prefers_chat_template_jinja(
 def test_from_pretrained_dir_needs_tokenizer_json(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="has no tokenizer.json"):
         Tokenizer.from_pretrained_dir(tmp_path)
+
+
+def test_gguf_fim_end_markers_end_generation() -> None:
+    """As in llama.cpp, Qwen2.5-Coder's FIM pad and repository-level separators end
+    generation (a base model writes <|file_sep|> after the middle of a repo-level prompt);
+    the FIM prompt markers and non-control tokens do not."""
+    from seekserve.prompt.tokenizer import _gguf_end_of_generation_ids
+
+    tokens = ["a", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
+              "<|repo_name|>", "<|file_sep|>", "<|endoftext|>", "<|file_sep|>"]  # fmt: skip
+    token_types = [1, 3, 3, 3, 3, 3, 3, 3, 1]
+    metadata = {"tokenizer.ggml.eos_token_id": 7}
+    ids = _gguf_end_of_generation_ids(metadata, {"tokens": tokens, "token_type": token_types})
+    assert ids == {4, 5, 6, 7}

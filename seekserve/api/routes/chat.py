@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from seekserve.api import chat_response
-from seekserve.api.cancellation import run_until_disconnected
+from seekserve.api.cancellation import json_response
 from seekserve.api.chat_plan import plan_chat
 from seekserve.api.generation import Generation, build_sampling_params
 from seekserve.api.protocol import ChatCompletionRequest, check_supported, parse_chat_request
@@ -58,12 +58,11 @@ async def _chat(request: Request, state: StateDep, is_beta: bool) -> Response:
                 state.config.keepalive_interval_s,
             )
         )
-    body = await run_until_disconnected(
-        request, chat_response.collect(generation, plan, header, fingerprint, with_logprobs)
+    return await json_response(
+        request,
+        chat_response.collect(generation, plan, header, fingerprint, with_logprobs),
+        state.config.keepalive_interval_s,
     )
-    if body is None:  # client gone; nobody reads this
-        return Response(status_code=499)
-    return JSONResponse(body)
 
 
 def _served_model(state: ServerState, req: ChatCompletionRequest) -> ServedModel:
