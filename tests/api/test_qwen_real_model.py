@@ -211,3 +211,95 @@ def test_fim_fills_a_function_body(server):
     namespace: dict[str, Any] = {"__builtins__": {"print": lambda *_, **__: None}}
     exec(prefix + text, namespace)  # one dict: the recursive calls look fibonacci up there
     assert namespace["fibonacci"](10) == 55, text
+
+
+# -- tool calls ------------------------------------------------------------------------------
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather in a given location",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "location": {"type": "string", "description": "The city, e.g. Paris"},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+            },
+            "required": ["location"],
+        },
+    },
+}
+WEATHER_QUESTION = [{"role": "user", "content": "What's the weather like in Paris today?"}]
+
+
+def test_weather_round_trip_with_tool_choice_required(sdk):
+    """Required call → the model's call parsed into tool_calls → the tool's answer sent back
+    → the model answers from it."""
+    first = sdk.chat.completions.create(
+        model=MODEL,
+        messages=WEATHER_QUESTION,
+        tools=[WEATHER_TOOL],
+        tool_choice="required",
+        temperature=0,
+        max_tokens=64,
+    )
+    choice = first.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None
+    [call] = choice.message.tool_calls
+    assert call.type == "function" and call.function.name == "get_weather"
+    assert call.id.startswith("call_00_")
+    arguments = json.loads(call.function.arguments)
+    assert "Paris" in arguments["location"]
+    assert set(arguments) <= {"location", "unit"}
+
+    second = sdk.chat.completions.create(
+        model=MODEL,
+        messages=[
+            *WEATHER_QUESTION,
+            choice.message.model_dump(exclude_none=True),
+            {"role": "tool", "tool_call_id": call.id, "content": '{"temperature_c": 22}'},
+        ],
+        tools=[WEATHER_TOOL],
+        temperature=0,
+        max_tokens=64,
+    )
+    answer = second.choices[0]
+    assert answer.finish_reason == "stop"
+    assert not answer.message.tool_calls
+    assert "22" in answer.message.content
+
+
+def test_weather_call_streamed(sdk):
+    """The stream's fragments (first: index, id, type, name, "" arguments; then argument
+    pieces) rebuild the non-stream call."""
+    request = dict(
+        model=MODEL,
+        messages=WEATHER_QUESTION,
+        tools=[WEATHER_TOOL],
+        tool_choice="required",
+        temperature=0,
+        max_tokens=64,
+    )
+    whole = sdk.chat.completions.create(**request).choices[0].message.tool_calls[0]
+    fragments = []
+    finish = None
+    content = []
+    for chunk in sdk.chat.completions.create(**request, stream=True):
+        delta = chunk.choices[0].delta
+        if delta.content:
+            content.append(delta.content)
+        fragments.extend(delta.tool_calls or [])
+        finish = chunk.choices[0].finish_reason or finish
+    assert finish == "tool_calls" and content == []
+    head, *rest = fragments
+    assert (head.index, head.type, head.function.name, head.function.arguments) == (
+        0,
+        "function",
+        "get_weather",
+        "",
+    )
+    assert head.id.startswith("call_00_")
+    assert all(f.index == 0 and f.id is None and f.function.name is None for f in rest)
+    assert "".join(f.function.arguments for f in rest) == whole.function.arguments
