@@ -274,14 +274,14 @@ def test_weather_round_trip_with_tool_choice_required(sdk):
 def test_weather_call_streamed(sdk):
     """The stream's fragments (first: index, id, type, name, "" arguments; then argument
     pieces) rebuild the non-stream call."""
-    request = dict(
-        model=MODEL,
-        messages=WEATHER_QUESTION,
-        tools=[WEATHER_TOOL],
-        tool_choice="required",
-        temperature=0,
-        max_tokens=64,
-    )
+    request: dict[str, Any] = {
+        "model": MODEL,
+        "messages": WEATHER_QUESTION,
+        "tools": [WEATHER_TOOL],
+        "tool_choice": "required",
+        "temperature": 0,
+        "max_tokens": 64,
+    }
     whole = sdk.chat.completions.create(**request).choices[0].message.tool_calls[0]
     fragments = []
     finish = None

@@ -60,8 +60,12 @@ def num_tokens(tokenizer: Tokenizer, key: str, upto: str | None = None) -> int:
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory, tokenizer: Tokenizer) -> Iterator[TestClient]:
-    configs = scripted_configs(tmp_path_factory.mktemp("scripted-chat"), tokenizer)
+def configs(tmp_path_factory: pytest.TempPathFactory, tokenizer: Tokenizer) -> list:
+    return scripted_configs(tmp_path_factory.mktemp("scripted-chat"), tokenizer)
+
+
+@pytest.fixture(scope="module")
+def client(configs: list) -> Iterator[TestClient]:
     with TestClient(create_app(ServerConfig(), configs)) as test_client:
         yield test_client
 
@@ -393,6 +397,76 @@ def test_reasoner_prefix_completion_continues_the_thought(client):
     body = post(client, request, path="/beta/chat/completions")
     assert message(body)["reasoning_content"] == "A greeting."
     assert message(body)["content"] == "Hello!"
+
+
+def test_tool_history_renders_with_a_template_without_tool_support(client, tokenizer):
+    """SmolLM2's template fails on `content: null` and knows no tools: the history reaches
+    it as text (calls as markup, results as a user turn), the request succeeds."""
+    history = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_00_x",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": PARIS},
+                }
+            ],
+        },
+        {"role": "tool", "content": "18 C", "tool_call_id": "call_00_x"},
+        {"role": "user", "content": "weather please"},
+    ]
+    body = post(client, ask(client, "", messages=history))
+    assert message(body)["tool_calls"][0]["function"]["arguments"] == PARIS
+    from seekserve.output.tool_calls import HERMES
+    from seekserve.prompt.tools import render_chat
+
+    served = client.app.state.seekserve.models["deepseek-chat"]
+    flat = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": "", "tool_calls": history[1]["tool_calls"]},
+        {"role": "tool", "content": "18 C", "tool_call_id": "call_00_x"},
+        {"role": "user", "content": "weather please"},
+    ]
+    prompt = render_chat(served.chat_template, flat, [WEATHER, TIME], HERMES)
+    assert body["usage"]["prompt_tokens"] == len(tokenizer.encode(prompt))
+    assert "<tool_response>\n18 C\n</tool_response>" in prompt
+
+
+def test_openai_sdk_parses_reasoning_and_tool_call_shapes(configs, tokenizer):
+    """The official SDK over a live server: reasoning_content (an extra field to it) and
+    tool calls, non-stream and streamed."""
+    import openai
+
+    from tests.api.live import live_server
+
+    with live_server(create_app(ServerConfig(), configs)) as live:
+        sdk = openai.OpenAI(base_url=live.base_url, api_key="sk-unused", max_retries=0)
+        out = sdk.chat.completions.create(
+            model="deepseek-reasoner",
+            messages=[{"role": "user", "content": "think then call"}],
+            tools=[WEATHER, TIME],
+        )
+        msg = out.choices[0].message
+        assert msg.model_extra["reasoning_content"] == "Need weather."
+        assert msg.tool_calls[0].function.arguments == PARIS
+        assert out.usage.completion_tokens_details.reasoning_tokens == num_tokens(
+            tokenizer, "think then call", upto="</think>"
+        )
+        reasoning, arguments = [], []
+        for chunk in sdk.chat.completions.create(
+            model="deepseek-reasoner",
+            messages=[{"role": "user", "content": "think then call"}],
+            tools=[WEATHER, TIME],
+            stream=True,
+        ):
+            delta = chunk.choices[0].delta
+            reasoning.append((delta.model_extra or {}).get("reasoning_content") or "")
+            arguments += [t.function.arguments for t in delta.tool_calls or []]
+        assert ("".join(reasoning), "".join(arguments)) == ("Need weather.", PARIS)
+        sdk.close()
 
 
 def test_engine_idle_after_all(client):
