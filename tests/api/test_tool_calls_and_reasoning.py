@@ -472,3 +472,17 @@ def test_openai_sdk_parses_reasoning_and_tool_call_shapes(configs, tokenizer):
 def test_engine_idle_after_all(client):
     for name in ("deepseek-chat", "deepseek-reasoner"):
         wait_until_idle(client.app.state.seekserve.models[name].engine.engine)
+
+
+def test_fim_on_the_reasoner_is_refused(client):
+    response = client.post(
+        "/beta/completions",
+        json={"model": "deepseek-reasoner", "prompt": "def f():", "suffix": "\n", "max_tokens": 4},
+    )
+    assert_error(
+        response,
+        400,
+        "Invalid model value: deepseek-reasoner is a thinking model, which does not support "
+        "FIM completion; use a non-thinking model such as deepseek-chat",
+        "model",
+    )

@@ -41,6 +41,12 @@ async def completions() -> None:
 async def beta_completions(request: Request, state: StateDep) -> Response:
     req = parse_completion_request(await request.body())
     served = state.model(req.model)
+    if served.config.is_reasoning:  # spec §2.3: FIM is non-thinking only
+        raise InvalidRequest(
+            f"Invalid model value: {served.name} is a thinking model, which does not support "
+            "FIM completion; use a non-thinking model such as deepseek-chat",
+            param="model",
+        )
     try:
         text = fim_prompt(served.tokenizer, req.prompt, req.suffix)
     except NoFimTokens:
