@@ -11,6 +11,7 @@ from typing import Any
 
 from seekserve.api.protocol import ChatCompletionRequest, NamedToolChoice, template_messages
 from seekserve.api.state import ServedModel
+from seekserve.api.tool_schema import MAX_DEPTH, nesting_depth
 from seekserve.errors import InvalidRequest
 from seekserve.output.message import MessageParser
 from seekserve.output.reasoning import THINK_CLOSE, THINK_OPEN, ReasoningParser
@@ -101,7 +102,9 @@ async def _grammar(
             tool_call_grammar(fmt, functions, mode, think),
             end_when_complete=mode == "named",
         )
-        if await _compiles(served, spec):
+        # a schema nested beyond what strict mode accepts is not handed to the compiler
+        shallow = all(nesting_depth(schema) <= 2 * MAX_DEPTH for _, schema in functions)
+        if shallow and await _compiles(served, spec):
             return spec
         if strict:  # name the function whose schema fails
             for name, schema in functions:

@@ -26,12 +26,14 @@ _BY_TYPE = {
     "null": set(),
 }
 _FORMATS = {"email", "hostname", "ipv4", "ipv6", "uuid"}
+MAX_DEPTH = 32
+"""Deepest nesting of schemas accepted (arguments are generated under it, grammar and all)."""
 
 
 def check_strict_schema(schema: Any, param: str) -> None:
     """Raise InvalidRequest (naming `param`, the keyword and its path) unless `schema` is in
     the strict subset."""
-    _Checker(param).check(schema, "", root=True)
+    _Checker(param).check(schema, "", depth=0, root=True)
 
 
 class _Checker:
@@ -44,9 +46,13 @@ class _Checker:
             f"Invalid {self.param} value: {reason} in strict mode{at}", param=self.param
         )
 
-    def check(self, schema: Any, where: str, root: bool = False) -> None:
+    def check(self, schema: Any, where: str, depth: int, root: bool = False) -> None:
         if not isinstance(schema, dict):
             raise self.fail(where, "a schema must be a JSON object")
+        if depth > MAX_DEPTH:
+            raise self.fail(
+                where, f"schemas nested deeper than {MAX_DEPTH} levels are not supported"
+            )
         types = schema.get("type")
         type_list = types if isinstance(types, list) else [] if types is None else [types]
         allowed = set(_COMMON) | (_ROOT_ONLY if root else set())
@@ -58,21 +64,21 @@ class _Checker:
             if keyword not in allowed:
                 raise self.fail(where, f"keyword {keyword!r} is not supported")
         if "object" in type_list:
-            self._object(schema, where)
+            self._object(schema, where, depth)
         if "format" in schema and schema["format"] not in _FORMATS:
             raise self.fail(where, f"string format {schema['format']!r} is not supported")
         if "items" in schema:
-            self.check(schema["items"], _join(where, "items"))
+            self.check(schema["items"], _join(where, "items"), depth + 1)
         for index, option in enumerate(schema.get("anyOf") or []):
-            self.check(option, _join(where, f"anyOf[{index}]"))
+            self.check(option, _join(where, f"anyOf[{index}]"), depth + 1)
         for key in ("$defs", "$def"):
             definitions = schema.get(key, {})
             if not isinstance(definitions, dict):
                 raise self.fail(where, f"{key!r} must be an object")
             for name, definition in definitions.items():
-                self.check(definition, _join(where, f"{key}.{name}"))
+                self.check(definition, _join(where, f"{key}.{name}"), depth + 1)
 
-    def _object(self, schema: dict[str, Any], where: str) -> None:
+    def _object(self, schema: dict[str, Any], where: str, depth: int) -> None:
         properties = schema.get("properties", {})
         if not isinstance(properties, dict):
             raise self.fail(where, "'properties' must be an object")
@@ -83,8 +89,21 @@ class _Checker:
         if missing:
             raise self.fail(where, f"property {missing[0]!r} must be listed in 'required'")
         for name, sub in properties.items():
-            self.check(sub, _join(where, f"properties.{name}"))
+            self.check(sub, _join(where, f"properties.{name}"), depth + 1)
 
 
 def _join(where: str, part: str) -> str:
     return f"{where}.{part}" if where else part
+
+
+def nesting_depth(value: Any) -> int:
+    """How deep JSON containers nest in `value` (iterative: safe for any input)."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return deepest

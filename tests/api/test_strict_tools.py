@@ -194,3 +194,36 @@ def test_outside_the_subset_is_named(schema, reason, where):
     assert "in strict mode" in text
     if where:
         assert text.endswith(f"(at {where})")
+
+
+def _nested(levels: int) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(levels):
+        schema = {
+            "type": "object",
+            "properties": {"a": schema},
+            "required": ["a"],
+            "additionalProperties": False,
+        }
+    return schema
+
+
+def test_deeply_nested_schemas_are_refused_or_loosened(client):
+    """Hostile nesting: strict → a 400 naming the limit; not strict → the forced call keeps
+    its shape with free JSON arguments (never a 5xx)."""
+    strict = [strict_tool(parameters=_nested(40))]
+    response = client.post(BETA, json=body("split please", strict))
+    assert response.status_code == 400
+    assert "nested deeper than 32 levels" in response.json()["error"]["message"]
+    deep: dict[str, Any] = {"type": "string"}
+    for _ in range(70):
+        deep = {"type": "array", "items": deep}
+    parameters = {"type": "object", "properties": {"city": {"type": "string"}, "x": deep}}
+    loose = [strict_tool(parameters=parameters, strict=False)]
+    response = client.post(CHAT, json=body("split please", loose, tool_choice="required"))
+    assert response.status_code == 200, response.text
+    [call] = response.json()["choices"][0]["message"]["tool_calls"]
+    assert (call["function"]["name"], call["function"]["arguments"]) == (
+        "get_weather",
+        '{"city": "Paris"}',
+    )
