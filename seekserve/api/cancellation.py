@@ -1,5 +1,6 @@
-"""Abort work whose client has gone: race the handler against `http.disconnect`; and keep a
-waiting non-stream client's connection alive with blank lines (spec §8.10)."""
+"""Non-stream responses: abort work whose client has gone (race it against
+`http.disconnect`), and keep a waiting client's connection alive with blank lines (spec
+§8.10)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Coroutine
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -17,34 +18,12 @@ from seekserve.errors import ApiError, EngineError, to_status_and_body
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
 
 async def _wait_for_disconnect(request: Request) -> None:
     while True:
         message = await request.receive()
         if message["type"] == "http.disconnect":
             return
-
-
-async def run_until_disconnected(request: Request, work: Coroutine[Any, Any, T]) -> T | None:
-    """Run `work`; if the client disconnects first, cancel it (which aborts the engine
-    request and frees its blocks) and return None. Call after the body was read."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
-    try:
-        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:
-        task.cancel()
-        raise
-    finally:
-        watcher.cancel()
-    if task in done:
-        return task.result()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    return None
 
 
 async def json_response(

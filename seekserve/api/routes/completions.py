@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
-from seekserve.api.cancellation import run_until_disconnected
+from seekserve.api.cancellation import json_response
 from seekserve.api.generation import Generation, build_sampling_params
 from seekserve.api.protocol import CompletionRequest, parse_completion_request
 from seekserve.api.sse import DONE, error_event, event, sse_response
@@ -69,8 +69,9 @@ async def beta_completions(request: Request, state: StateDep) -> Response:
     shape = _Shape(gen, req, state.config.system_fingerprint)
     if req.stream:
         return sse_response(_stream(gen, header, shape, req.include_usage))
-    body = await run_until_disconnected(request, _collect(gen, header, shape))
-    return Response(status_code=499) if body is None else JSONResponse(body)
+    return await json_response(
+        request, _collect(gen, header, shape), state.config.keepalive_interval_s
+    )
 
 
 class _Shape:
