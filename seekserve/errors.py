@@ -8,6 +8,9 @@
      │    │    └── NotSupported   400  a feature this server does not offer (yet)
      │    ├── InvalidParameters   422  well-formed JSON of the wrong shape or types
      │    ├── AuthenticationFailed 401
+     │    ├── InsufficientBalance 402  the key's balance is spent
+     │    ├── RateLimited         429  the key's concurrency limit
+     │    ├── PayloadTooLarge     413  request body over the size limit
      │    ├── NotFound            404
      │    └── Overloaded          503  admission queue full
      └── EngineError              500  internal; logged with traceback, generic text to client
@@ -76,6 +79,23 @@ class AuthenticationFailed(ApiError):
 
 class NotFound(ApiError):
     status = 404
+
+
+class InsufficientBalance(ApiError):
+    status = 402
+    error_type = "unknown_error"  # as DeepSeek sends it (spec §13.1)
+
+    def __init__(self) -> None:
+        super().__init__("Insufficient Balance")
+
+
+class RateLimited(ApiError):
+    status = 429
+    error_type = "rate_limit_error"
+
+
+class PayloadTooLarge(ApiError):
+    status = 413
 
 
 class Overloaded(ApiError):
