@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from seekserve.config import (
     CacheConfig,
@@ -15,14 +16,56 @@ from seekserve.config import (
     parse_size_bytes,
 )
 
+_SERVE_EPILOG = """\
+config file (--config FILE, TOML; .yaml/.yml with PyYAML): several models, one engine each.
+
+  [[models]]
+  name = "deepseek-chat"          # served name clients send (required, unique)
+  model = "smollm2-135m"          # catalogue name, .gguf, HF directory, org/name[:file] (required)
+  kv_cache_memory = "512MiB"      # KV pool budget
+  memory_budget = "1GiB"          # weights + KV pool must fit, else the start fails
+
+  [[models]]
+  name = "deepseek-reasoner"
+  model = "models/qwen.gguf"      # relative paths: from the config file's folder
+  reasoning = true
+  chat_template_file = "think.jinja"   # or chat_template = "{% for m in messages %}..."
+  max_num_seqs = 16
+
+other model keys: dtype, device, quantization, max_model_len, max_output_tokens,
+default_max_tokens, block_size, num_blocks, prefix_caching, disk_cache_dir,
+disk_cache_size, max_num_batched_tokens, seed, threads. A key a model omits takes the
+value of the matching flag below (e.g. --device cuda applies to every model); --model and
+--served-model-name cannot be combined with --config.
+"""
+
 
 def _add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
-        default="smollm2-135m",
-        help="GGUF file, Hugging Face directory, or catalogue name (default: smollm2-135m)",
+        default=None,
+        help="GGUF file, Hugging Face directory, catalogue name, or Hugging Face repo id "
+        "org/name[:file.gguf] (default: smollm2-135m)",
     )
-    p.add_argument("--served-model-name", default="deepseek-chat", help="name clients send")
+    p.add_argument(
+        "--served-model-name", default=None, help="name clients send (default: deepseek-chat)"
+    )
+    p.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="serve the models of this TOML/YAML file (format below) instead of --model",
+    )
+    p.add_argument(
+        "--chat-template",
+        default=None,
+        help="chat template replacing the model's: a file path, or the Jinja text itself",
+    )
+    p.add_argument(
+        "--memory-budget",
+        default=None,
+        help="fail at start unless weights + KV pool fit in this, e.g. 4GiB (default: no check)",
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument(
@@ -91,15 +134,40 @@ def _serve(args: argparse.Namespace) -> int:
 
     from seekserve.api.app import create_app
 
-    engine_config = EngineConfig(
+    try:
+        engine_configs = _engine_configs(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    server_config = ServerConfig(
+        host=args.host,
+        port=args.port,
+        api_keys=tuple(args.api_key),
+        shared_prefix_cache=args.shared_prefix_cache,
+        keepalive_interval_s=args.keepalive_interval,
+    )
+    app = create_app(server_config, engine_configs)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def _engine_configs(args: argparse.Namespace) -> list[EngineConfig]:
+    """The flags' one model, or the --config file's models with the flags as defaults."""
+    if args.config is not None and (args.model or args.served_model_name):
+        raise ValueError(
+            "--model and --served-model-name cannot be combined with --config; "
+            "name the models in the config file"
+        )
+    base = EngineConfig(
         model=ModelConfig(
-            model=args.model,
-            served_model_name=args.served_model_name,
+            model=args.model or "smollm2-135m",
+            served_model_name=args.served_model_name or "deepseek-chat",
             dtype=args.dtype,
             device=args.device,
             max_model_len=args.max_model_len,
             quantization=args.quantization,
             reasoning=args.reasoning,
+            chat_template=_chat_template_text(args.chat_template),
         ),
         cache=CacheConfig(
             block_size=args.block_size,
@@ -113,17 +181,28 @@ def _serve(args: argparse.Namespace) -> int:
         ),
         seed=args.seed,
         num_threads=args.threads,
+        memory_budget_bytes=(
+            None if args.memory_budget is None else parse_size_bytes(args.memory_budget)
+        ),
     )
-    server_config = ServerConfig(
-        host=args.host,
-        port=args.port,
-        api_keys=tuple(args.api_key),
-        shared_prefix_cache=args.shared_prefix_cache,
-        keepalive_interval_s=args.keepalive_interval,
-    )
-    app = create_app(server_config, [engine_config])
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
-    return 0
+    if args.config is None:
+        return [base]
+    from seekserve.config_file import load_config_file
+
+    return load_config_file(args.config, base)
+
+
+def _chat_template_text(value: str | None) -> str | None:
+    """--chat-template: an existing file's text, else the value itself when it looks like
+    Jinja ({{ or {%); ValueError otherwise (a mistyped path)."""
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    if path.is_file():
+        return path.read_text()
+    if "{{" in value or "{%" in value:
+        return value
+    raise ValueError(f"--chat-template {value!r} is neither a file nor Jinja template text")
 
 
 def _pull(args: argparse.Namespace) -> int:
@@ -139,9 +218,13 @@ def _pull(args: argparse.Namespace) -> int:
 
 
 def _models(_: argparse.Namespace) -> int:
+    from seekserve.config import seekserve_home
     from seekserve.loader.sources import list_cached
 
-    for name, path, size in list_cached():
+    cached = list_cached()
+    if not cached:
+        print(f"no models in {seekserve_home()}; run `seekserve pull smollm2-135m`")
+    for name, path, size in cached:
         print(f"{name:24} {size / 2**20:8.1f} MiB  {path}")
     return 0
 
@@ -152,11 +235,22 @@ def build_parser() -> argparse.ArgumentParser:
         description="Self-hosted LLM inference server, wire-compatible with the DeepSeek API.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="serve a model over the DeepSeek HTTP API")
+    serve = sub.add_parser(
+        "serve",
+        help="serve a model (or several, --config) over the DeepSeek HTTP API",
+        epilog=_SERVE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _add_serve_args(serve)
     serve.set_defaults(func=_serve)
-    pull = sub.add_parser("pull", help="fetch a catalogue model into the model cache")
-    pull.add_argument("name", help="catalogue name, e.g. smollm2-135m")
+    pull = sub.add_parser(
+        "pull", help="fetch a catalogue model or a Hugging Face repo into the model cache"
+    )
+    pull.add_argument(
+        "name",
+        help="catalogue name (smollm2-135m, qwen2.5-coder-0.5b) or Hugging Face repo id "
+        "org/name[:file.gguf]",
+    )
     pull.add_argument("--quiet", action="store_true", help="no progress output")
     pull.set_defaults(func=_pull)
     models = sub.add_parser("models", help="list the models in the cache")

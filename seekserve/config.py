@@ -85,6 +85,8 @@ class ModelConfig:
     (chat) or 32768 (reasoner)."""
     quantization: str | None = None
     """None, or "int8": int8 weight-only linear layers (faster bandwidth-bound decode)."""
+    chat_template: str | None = None
+    """Jinja chat template (its text) replacing the model's own; None: the model's."""
 
     def __post_init__(self) -> None:
         if self.max_model_len is not None and self.max_model_len < 2:
@@ -180,6 +182,23 @@ class EngineConfig:
     """Seed of the sampling generator."""
     num_threads: int | None = None
     """torch intra-op threads; default: torch's choice (`SEEKSERVE_NUM_THREADS` overrides)."""
+    memory_budget_bytes: int | None = None
+    """Most memory this model may take on its device: weights plus KV pool; None: unchecked.
+    A model over it fails at start (`check_memory_budget`)."""
+
+    def check_memory_budget(self, weight_bytes: int, kv_cache_bytes: int) -> None:
+        """ValueError with the numbers when weights + KV pool exceed `memory_budget_bytes`."""
+        budget = self.memory_budget_bytes
+        if budget is None or weight_bytes + kv_cache_bytes <= budget:
+            return
+        raise ValueError(
+            f"model {self.model.served_model_name!r} ({self.model.model}) does not fit its "
+            f"memory budget: weights {weight_bytes} bytes ({weight_bytes / 2**20:.1f} MiB) + "
+            f"KV cache {kv_cache_bytes} bytes ({kv_cache_bytes / 2**20:.1f} MiB) = "
+            f"{weight_bytes + kv_cache_bytes} bytes > budget {budget} bytes "
+            f"({budget / 2**20:.1f} MiB); raise memory_budget, or lower kv_cache_memory "
+            "(or use a smaller dtype / quantization)"
+        )
 
     @staticmethod
     def env_num_threads() -> int | None:

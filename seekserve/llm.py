@@ -56,9 +56,13 @@ class ModelFiles:
 
     @classmethod
     def resolve(cls, config: EngineConfig) -> ModelFiles:
+        from seekserve.loader.model_loader import check_model_files
+
         path = resolve_model_path(config.model.model)
+        check_model_files(path)  # unsupported architecture / tensor type: fail before loading
         tokenizer = load_tokenizer(path)
-        template = ChatTemplate(tokenizer.chat_template, tokenizer.bos_token, tokenizer.eos_token)
+        source = config.model.chat_template or tokenizer.chat_template  # override first
+        template = ChatTemplate(source, tokenizer.bos_token, tokenizer.eos_token)
         config = replace(config, model=replace(config.model, model=str(path)))
         return cls(config, tokenizer, template)
 

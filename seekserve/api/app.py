@@ -26,7 +26,26 @@ from seekserve.llm import ModelFiles
 logger = logging.getLogger(__name__)
 
 
+def check_served_names(engine_configs: list[EngineConfig]) -> None:
+    """ValueError when two configs share a served model name (or none is given)."""
+    if not engine_configs:
+        raise ValueError("no model to serve; give --model or a --config file with [[models]]")
+    seen: dict[str, int] = {}
+    for index, config in enumerate(engine_configs, start=1):
+        name = config.model.served_model_name
+        if name in seen:
+            raise ValueError(
+                f"served model name {name!r} is given twice (models {seen[name]} and {index}: "
+                f"{engine_configs[seen[name] - 1].model.model} and {config.model.model}); "
+                "give each model its own name"
+            )
+        seen[name] = index
+
+
 def load_served_models(engine_configs: list[EngineConfig]) -> dict[str, ServedModel]:
+    """Resolve each config's files (tokenizer, template; architecture and tensor types
+    checked) into a `ServedModel` whose engine is not started yet."""
+    check_served_names(engine_configs)
     served: dict[str, ServedModel] = {}
     for config in engine_configs:
         files = ModelFiles.resolve(config)
@@ -45,11 +64,20 @@ def load_served_models(engine_configs: list[EngineConfig]) -> dict[str, ServedMo
 def create_app(server_config: ServerConfig, engine_configs: list[EngineConfig]) -> FastAPI:
     """The app; models load and engines start in the lifespan (startup), stop at shutdown."""
 
+    check_served_names(engine_configs)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         models = load_served_models(engine_configs)
-        for served in models.values():
-            served.engine.start()
+        started: list[ServedModel] = []
+        try:
+            for served in models.values():
+                served.engine.start()  # loads the weights; re-raises a load error
+                started.append(served)
+        except BaseException:
+            for served in started:  # a model that failed stops the ones before it
+                served.engine.stop()
+            raise
         app.state.seekserve = ServerState(config=server_config, models=models)
         app.state.metrics = make_registry(app.state.seekserve)
         logger.info("serving %s", ", ".join(models))

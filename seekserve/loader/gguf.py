@@ -47,7 +47,10 @@ _LAYER_TENSOR_NAMES = {
 }
 _LAYER_TENSOR_RE = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 
-_FLOAT_TYPES = (GGMLQuantizationType.F32, GGMLQuantizationType.F16)
+_FLOAT_TYPES = (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16)
+# The types SeekServe tests (tests/loader/test_gguf_types.py); others load when `gguf` can
+# dequantize them.
+TESTED_TENSOR_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K")
 _MISSING = object()
 
 
@@ -58,6 +61,18 @@ def read_gguf_arch_config(path: str | Path) -> ModelArchConfig:
     required key is missing.
     """
     return _arch_config(_open(path))
+
+
+def check_gguf_file(path: str | Path) -> ModelArchConfig:
+    """The header's architecture config, after checking (without reading tensor data) that
+    every tensor has a Hugging Face name and a type we can dequantize; ValueError naming the
+    first offender. Cheap: the file is memory-mapped and only the header is parsed."""
+    reader = _open(path)
+    config = _arch_config(reader)
+    for tensor in reader.tensors:
+        hf_tensor_name(tensor.name)
+        _check_dequantizable(tensor)
+    return config
 
 
 def load_gguf_weights(path: str | Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -197,8 +212,8 @@ def _check_dequantizable(tensor: ReaderTensor) -> None:
     if not _can_dequantize(tensor.tensor_type):
         raise ValueError(
             f"GGUF tensor {tensor.name!r} has type {tensor.tensor_type.name}, which the gguf "
-            "package cannot dequantize; use a file quantized as F32, F16, BF16, Q4_0, Q4_1, "
-            "Q5_0, Q5_1, Q8_0 or a K-quant"
+            "package cannot dequantize; use a file quantized as "
+            f"{', '.join(TESTED_TENSOR_TYPES)} (or another type gguf.quants can dequantize)"
         )
 
 

@@ -26,6 +26,32 @@ def read_arch_config(path: Path) -> ModelArchConfig:
     return read_gguf_arch_config(path)
 
 
+def check_model_files(path: Path) -> ModelArchConfig:
+    """Fail fast, before any weight is read, on what `load_model` would reject: an
+    architecture without a model module, and (GGUF) tensors without a Hugging Face name or of
+    a type that cannot be dequantized. Returns the architecture config."""
+    from seekserve.models.registry import supported_architectures
+
+    if path.is_dir():
+        cfg = read_arch_config(path)
+    else:
+        from seekserve.loader.gguf import check_gguf_file
+
+        cfg = check_gguf_file(path)
+    if cfg.architecture not in supported_architectures():
+        raise ValueError(
+            f"{path}: unsupported architecture {cfg.architecture!r}; supported: "
+            f"{', '.join(supported_architectures())}"
+        )
+    return cfg
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes of the model's parameters and buffers (a tied tensor counted once)."""
+    tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
 def load_weights(path: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     if path.is_dir():
         from seekserve.loader.safetensors_dir import load_safetensors_weights
