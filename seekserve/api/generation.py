@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,8 @@ class Generation:
     prompt_token_ids: list[int]
     params: SamplingParams
     cache_salt: str = ""
+    on_finish: Callable[[Generation], None] | None = None
+    """Called once when the run ends, however it ends (usage accounting)."""
     num_output_tokens: int = 0
     num_cached_tokens: int = 0
     finish_reason: str | None = None
@@ -43,17 +45,21 @@ class Generation:
         outputs = self.served.engine.generate(
             self.request_id, self.prompt_token_ids, self.params, self.cache_salt
         )
-        async with contextlib.aclosing(outputs):
-            async for output in outputs:
-                if output.error is not None:
-                    raise EngineError(output.error)
-                self.num_cached_tokens = output.num_cached_tokens
-                delta = self._state.process(output)
-                self.num_output_tokens = delta.num_output_tokens
-                self.finish_reason = delta.finish_reason
-                yield delta
-                if delta.finish_reason is not None:
-                    return
+        try:
+            async with contextlib.aclosing(outputs):
+                async for output in outputs:
+                    if output.error is not None:
+                        raise EngineError(output.error)
+                    self.num_cached_tokens = output.num_cached_tokens
+                    delta = self._state.process(output)
+                    self.num_output_tokens = delta.num_output_tokens
+                    self.finish_reason = delta.finish_reason
+                    yield delta
+                    if delta.finish_reason is not None:
+                        return
+        finally:
+            if self.on_finish is not None:
+                self.on_finish(self)
 
     @classmethod
     def start(
@@ -67,7 +73,22 @@ class Generation:
     ) -> Generation:
         """A new request id; the prefix-cache scope is the key's, narrowed by `cache_salt`."""
         salt = state.cache_salt(request) + "\x00" + (req.cache_salt or "")
-        return cls(served, str(uuid.uuid4()), prompt_token_ids, params, cache_salt=salt)
+        accounts, request_state = state.accounts, request.state
+
+        def charge(gen: Generation) -> None:
+            assert accounts is not None
+            accounts.charge(
+                request_state,
+                served.name,
+                gen.request_id,
+                len(gen.prompt_token_ids),
+                gen.num_cached_tokens,
+                gen.num_output_tokens,
+            )
+
+        return cls(
+            served, str(uuid.uuid4()), prompt_token_ids, params, cache_salt=salt, on_finish=charge
+        )
 
     def header(self, object_name: str) -> dict[str, Any]:
         """The leading fields of every response body and chunk."""

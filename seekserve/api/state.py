@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import hmac
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 
+from seekserve.api.accounts import Accounts
 from seekserve.config import ModelConfig, ServerConfig
 from seekserve.engine.async_engine import AsyncEngine
 from seekserve.errors import AuthenticationFailed, InvalidRequest, UnknownModel
@@ -38,6 +38,12 @@ class ServedModel:
 class ServerState:
     config: ServerConfig
     models: dict[str, ServedModel]
+    accounts: Accounts | None = None
+    """Keys, balances, limits; default: the configured static keys, nothing charged."""
+
+    def __post_init__(self) -> None:
+        if self.accounts is None:
+            self.accounts = Accounts(static_keys=tuple(self.config.api_keys))
 
     def cache_salt(self, request: Request) -> str:
         """The prefix-cache scope of a request: its API key's digest, unless the cache is
@@ -88,20 +94,25 @@ _BAD_HEADER = "Authentication Fails (auth header format should be Bearer sk-...)
 
 
 def check_api_key(request: Request, state: StateDep) -> None:
-    """401 unless the bearer key is one of the configured ones (no keys: open server)."""
-    keys = state.config.api_keys
-    if not keys:
+    """401 unless the bearer key (on /anthropic also `x-api-key`) is a live ledger key or a
+    configured one (no keys at all: an open server)."""
+    accounts = state.accounts
+    assert accounts is not None
+    if not accounts.requires_key:
         return
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
-    key = key.strip()
-    if scheme.lower() != "bearer" or not key:
+    key = key.strip() if scheme.lower() == "bearer" else ""
+    if request.url.path.startswith("/anthropic/"):  # Anthropic clients send x-api-key
+        key = key or request.headers.get("x-api-key", "").strip()
+    if not key:
         raise AuthenticationFailed(_BAD_HEADER)
-    # compare against every key, in constant time per key, so timing reveals nothing
-    matches = [hmac.compare_digest(key.encode(), k.encode()) for k in keys]
-    if not any(matches):
+    found = accounts.authenticate(key)
+    if found is False:
         raise AuthenticationFailed(f"Authentication Fails, Your api key: ****{key[-4:]} is invalid")
     request.state.api_key = key
+    if found is not True:
+        request.state.key_record = found
 
 
 AuthDep = Depends(check_api_key)

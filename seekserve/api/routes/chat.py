@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from seekserve.api import chat_response
+from seekserve.api.accounts import ReleasingResponse
 from seekserve.api.cancellation import json_response
 from seekserve.api.chat_plan import plan_chat
 from seekserve.api.generation import Generation, build_sampling_params
@@ -40,6 +41,23 @@ async def _chat(request: Request, state: StateDep, is_beta: bool) -> Response:
     req = parse_chat_request(await request.body())
     served = _served_model(state, req)
     check_supported(req, is_beta, served.config.is_reasoning)
+    assert state.accounts is not None
+    release = state.accounts.admit(request)  # 402 / 429
+    try:
+        response = await _respond(request, state, req, served, is_beta)
+    except BaseException:
+        release()
+        raise
+    return ReleasingResponse(response, release)
+
+
+async def _respond(
+    request: Request,
+    state: ServerState,
+    req: ChatCompletionRequest,
+    served: ServedModel,
+    is_beta: bool,
+) -> Response:
     plan = await plan_chat(req, served, is_beta)
     params = to_sampling_params(req, served, len(plan.prompt_token_ids), plan.grammar)
     generation = Generation.start(state, request, served, req, plan.prompt_token_ids, params)

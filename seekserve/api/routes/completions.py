@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from seekserve.api.accounts import ReleasingResponse
 from seekserve.api.cancellation import json_response
 from seekserve.api.generation import Generation, build_sampling_params
 from seekserve.api.protocol import CompletionRequest, parse_completion_request
@@ -64,14 +65,22 @@ async def beta_completions(request: Request, state: StateDep) -> Response:
         max_output_tokens=MAX_FIM_OUTPUT_TOKENS,
         logprobs=req.logprobs,
     )
-    gen = Generation.start(state, request, served, req, prompt_token_ids, params)
-    header = gen.header("text_completion")
-    shape = _Shape(gen, req, state.config.system_fingerprint)
-    if req.stream:
-        return sse_response(_stream(gen, header, shape, req.include_usage))
-    return await json_response(
-        request, _collect(gen, header, shape), state.config.keepalive_interval_s
-    )
+    assert state.accounts is not None
+    release = state.accounts.admit(request)  # 402 / 429
+    try:
+        gen = Generation.start(state, request, served, req, prompt_token_ids, params)
+        header = gen.header("text_completion")
+        shape = _Shape(gen, req, state.config.system_fingerprint)
+        if req.stream:
+            response: Response = sse_response(_stream(gen, header, shape, req.include_usage))
+        else:
+            response = await json_response(
+                request, _collect(gen, header, shape), state.config.keepalive_interval_s
+            )
+    except BaseException:
+        release()
+        raise
+    return ReleasingResponse(response, release)
 
 
 class _Shape:
