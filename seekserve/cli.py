@@ -1,4 +1,4 @@
-"""Command line: `seekserve serve | pull | models`."""
+"""Command line: `seekserve serve | pull | models | keys`."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from seekserve.config import (
     SchedulerConfig,
     ServerConfig,
     parse_size_bytes,
+    seekserve_home,
 )
 
 _SERVE_EPILOG = """\
@@ -126,6 +127,30 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
         default=10.0,
         help="seconds of silence after which a stream gets a ': keep-alive' comment",
     )
+    p.add_argument(
+        "--ledger",
+        nargs="?",
+        const=str(default_ledger_path()),
+        default=None,
+        metavar="PATH",
+        help="authenticate with the keys of this SQLite ledger (`seekserve keys`), charge their "
+        f"usage and answer 402 when a balance is spent (default path: {default_ledger_path()})",
+    )
+    p.add_argument(
+        "--no-billing", action="store_true", help="with --ledger: keys only, nothing charged"
+    )
+    p.add_argument(
+        "--concurrency-limit",
+        type=int,
+        default=None,
+        help="requests in flight per key before 429 (a ledger key's own limit wins)",
+    )
+    p.add_argument(
+        "--max-queued-requests",
+        type=int,
+        default=1024,
+        help="per model: requests in flight before 503 Server Overloaded",
+    )
     p.add_argument("--log-level", default="info")
 
 
@@ -145,6 +170,10 @@ def _serve(args: argparse.Namespace) -> int:
         api_keys=tuple(args.api_key),
         shared_prefix_cache=args.shared_prefix_cache,
         keepalive_interval_s=args.keepalive_interval,
+        ledger_path=args.ledger,
+        billing=not args.no_billing,
+        concurrency_limit=args.concurrency_limit,
+        max_queued_requests=args.max_queued_requests,
     )
     app = create_app(server_config, engine_configs)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
@@ -229,6 +258,75 @@ def _models(_: argparse.Namespace) -> int:
     return 0
 
 
+def default_ledger_path() -> Path:
+    return seekserve_home() / "ledger.db"
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from seekserve.accounts.ledger import Ledger
+    from seekserve.accounts.prices import nano_to_usd_text, usd_to_nano
+
+    ledger = Ledger(args.ledger)
+    try:
+        if args.action == "create":
+            key, record = ledger.create_key(
+                args.name,
+                granted_nano=usd_to_nano(args.granted),
+                topped_up_nano=usd_to_nano(args.balance),
+                concurrency_limit=args.concurrency,
+            )
+            print(f"created key {record.id} ({record.name}); shown once, keep it safe:")
+            print(key)
+        elif args.action == "list":
+            print(f"{'id':>4}  {'name':20} {'key':10} {'balance':>12} {'granted':>10}  status")
+            for r in ledger.list_keys():
+                status = "revoked" if r.is_revoked else "active"
+                print(
+                    f"{r.id:>4}  {r.name:20} {'sk-…' + r.key_last4:10} "
+                    f"{nano_to_usd_text(r.total_nano):>12} "
+                    f"{nano_to_usd_text(r.granted_nano):>10}  {status}"
+                )
+        elif args.action == "revoke":
+            if not ledger.revoke(args.id):
+                print(f"error: no active key with id {args.id}", file=sys.stderr)
+                return 1
+            print(f"revoked key {args.id}")
+        else:  # top-up
+            field = "granted_nano" if args.granted else "topped_up_nano"
+            try:
+                record = ledger.top_up(args.id, **{field: usd_to_nano(args.amount)})
+            except (KeyError, ValueError) as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
+            print(f"key {record.id} balance: {nano_to_usd_text(record.total_nano)} USD")
+    finally:
+        ledger.close()
+    return 0
+
+
+def _add_keys_parser(sub: argparse._SubParsersAction) -> None:
+    keys = sub.add_parser(
+        "keys", help="API keys and balances of the ledger (serve it with --ledger)"
+    )
+    keys.add_argument(
+        "--ledger", default=str(default_ledger_path()), help="SQLite ledger file (created if new)"
+    )
+    actions = keys.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="a new key; printed once, stored hashed")
+    create.add_argument("name", help="who the key is for")
+    create.add_argument("--balance", default="0", help="topped-up balance, USD (default 0)")
+    create.add_argument("--granted", default="0", help="granted balance, USD, spent first")
+    create.add_argument("--concurrency", type=int, default=None, help="requests in flight")
+    actions.add_parser("list", help="keys with their balances (never the keys themselves)")
+    revoke = actions.add_parser("revoke", help="disable a key for good")
+    revoke.add_argument("id", type=int)
+    top_up = actions.add_parser("top-up", help="add to a key's balance")
+    top_up.add_argument("id", type=int)
+    top_up.add_argument("amount", help="USD, e.g. 10 or 2.50")
+    top_up.add_argument("--granted", action="store_true", help="add granted balance instead")
+    keys.set_defaults(func=_keys)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="seekserve",
@@ -255,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     pull.set_defaults(func=_pull)
     models = sub.add_parser("models", help="list the models in the cache")
     models.set_defaults(func=_models)
+    _add_keys_parser(sub)
     return parser
 
 

@@ -171,6 +171,25 @@ class ServerConfig:
     shared_prefix_cache: bool = False
     """With API keys: False isolates each key's prefix cache (as DeepSeek isolates users),
     True shares it (single tenant). Without keys the cache is always shared."""
+    ledger_path: str | None = None
+    """SQLite ledger of keys, balances and usage (`seekserve keys`); None: no ledger."""
+    billing: bool = True
+    """With a ledger: charge usage and answer 402 for spent keys (False: keys only)."""
+    concurrency_limit: int | None = None
+    """Requests in flight per key (a ledger key's own limit wins); None: unlimited."""
+    max_queued_requests: int = 1024
+    """Per model: requests in flight beyond this many → 503 Server Overloaded."""
+    max_queued_tokens: int = 4 * 1024 * 1024
+    """Per model: prompt tokens of the requests in flight beyond this → 503."""
+    max_body_bytes: int = 32 * 1024 * 1024
+    """Largest request body accepted (413 above)."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_queued_requests", "max_queued_tokens", "max_body_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} ({getattr(self, name)}) must be >= 1")
+        if self.concurrency_limit is not None and self.concurrency_limit < 1:
+            raise ValueError(f"concurrency_limit ({self.concurrency_limit}) must be >= 1")
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,15 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from seekserve.api.routes import chat, completions, health, models
+from seekserve.accounts.ledger import Ledger, UsageWriter
+from seekserve.api.accounts import Accounts
+from seekserve.api.routes import balance, chat, completions, health, models
 from seekserve.api.routes.metrics import make_registry
 from seekserve.api.routes.metrics import router as metrics_router
 from seekserve.api.state import ServedModel, ServerState
 from seekserve.config import EngineConfig, ServerConfig
 from seekserve.engine.async_engine import AsyncEngine
-from seekserve.errors import ApiError, error_body, to_status_and_body
+from seekserve.errors import ApiError, PayloadTooLarge, error_body, to_status_and_body
 from seekserve.llm import ModelFiles
 
 logger = logging.getLogger(__name__)
@@ -78,7 +80,8 @@ def create_app(server_config: ServerConfig, engine_configs: list[EngineConfig]) 
             for served in started:  # a model that failed stops the ones before it
                 served.engine.stop()
             raise
-        app.state.seekserve = ServerState(config=server_config, models=models)
+        accounts = open_accounts(server_config)
+        app.state.seekserve = ServerState(config=server_config, models=models, accounts=accounts)
         app.state.metrics = make_registry(app.state.seekserve)
         logger.info("serving %s", ", ".join(models))
         try:
@@ -86,19 +89,80 @@ def create_app(server_config: ServerConfig, engine_configs: list[EngineConfig]) 
         finally:
             for served in models.values():
                 served.engine.stop()
+            accounts.close()  # after the engines: the last usage rows are committed
 
     app = FastAPI(title="SeekServe", version="0.1.0", lifespan=lifespan)
 
+    app.add_middleware(BodySizeLimit, max_bytes=server_config.max_body_bytes)
     app.add_middleware(TraceIdMiddleware)
     # browsers may call the API from any origin, as they may call DeepSeek's
     app.add_middleware(
         CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"]
     )
-    routers = (chat.router, completions.router, models.router, health.router, metrics_router)
+    routers = (
+        chat.router,
+        completions.router,
+        models.router,
+        balance.router,
+        health.router,
+        metrics_router,
+    )
     for router in routers:
         app.include_router(router)
     _install_error_handlers(app)
     return app
+
+
+def open_accounts(config: ServerConfig) -> Accounts:
+    """The ledger (when configured), its usage writer, static keys, limits."""
+    ledger = writer = None
+    if config.ledger_path is not None:
+        ledger = Ledger(config.ledger_path)
+        writer = UsageWriter(config.ledger_path)
+    return Accounts(
+        ledger=ledger,
+        writer=writer,
+        static_keys=tuple(config.api_keys),
+        billing=config.billing,
+        concurrency_limit=config.concurrency_limit,
+    )
+
+
+class BodySizeLimit:
+    """413 for a body over `max_bytes`: by its Content-Length before reading, or while it
+    streams in (a chunked body), so an oversized body is never held in memory."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await self._reject(scope, receive, send, int(value))
+                return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise PayloadTooLarge(self._message(received))
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+    def _message(self, size: int) -> str:
+        return f"Request body too large: {size} bytes or more, the limit is {self.max_bytes} bytes"
+
+    async def _reject(self, scope: Scope, receive: Receive, send: Send, size: int) -> None:
+        status, body = to_status_and_body(PayloadTooLarge(self._message(size)))
+        await JSONResponse(body, status_code=status)(scope, receive, send)
 
 
 class TraceIdMiddleware:

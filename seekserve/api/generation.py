@@ -17,7 +17,7 @@ from fastapi import Request
 
 from seekserve.api.protocol import GenerationRequest
 from seekserve.api.state import ServedModel, ServerState
-from seekserve.errors import ContextTooLong, EngineError, InvalidRequest
+from seekserve.errors import ContextTooLong, EngineError, InvalidRequest, Overloaded
 from seekserve.output.processor import RequestOutputState, TextDelta
 from seekserve.sampling.sampler import TokenLogprob
 from seekserve.sampling_params import GrammarSpec, SamplingParams
@@ -71,7 +71,14 @@ class Generation:
         prompt_token_ids: list[int],
         params: SamplingParams,
     ) -> Generation:
-        """A new request id; the prefix-cache scope is the key's, narrowed by `cache_salt`."""
+        """A new request id; the prefix-cache scope is the key's, narrowed by `cache_salt`.
+        503 when the model's admission queue is full (requests or prompt tokens)."""
+        engine, limits = served.engine, state.config
+        if (
+            engine.num_in_flight >= limits.max_queued_requests
+            or engine.num_in_flight_tokens + len(prompt_token_ids) > limits.max_queued_tokens
+        ):
+            raise Overloaded("Server Overloaded")
         salt = state.cache_salt(request) + "\x00" + (req.cache_salt or "")
         accounts, request_state = state.accounts, request.state
 

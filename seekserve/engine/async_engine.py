@@ -38,9 +38,20 @@ class AsyncEngine:
         self._build_error: BaseException | None = None
         self._commands: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._streams: dict[str, asyncio.Queue[EngineOutput]] = {}
+        self._in_flight_tokens = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+
+    @property
+    def num_in_flight(self) -> int:
+        """Requests generating or waiting for admission (their streams are open)."""
+        return len(self._streams)
+
+    @property
+    def num_in_flight_tokens(self) -> int:
+        """Prompt tokens of the requests in flight."""
+        return self._in_flight_tokens
 
     @property
     def max_model_len(self) -> int:
@@ -74,6 +85,7 @@ class AsyncEngine:
         gone, stop string found) aborts the request and frees its blocks."""
         stream: asyncio.Queue[EngineOutput] = asyncio.Queue()
         self._streams[request_id] = stream
+        self._in_flight_tokens += len(prompt_token_ids)
         self._commands.put(("add", (request_id, prompt_token_ids, params, cache_salt)))
         finished = False
         try:
@@ -85,6 +97,7 @@ class AsyncEngine:
                     return
         finally:
             self._streams.pop(request_id, None)
+            self._in_flight_tokens -= len(prompt_token_ids)
             if not finished:
                 self._commands.put(("abort", request_id))
 
