@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from seekserve.accounts.ledger import Ledger, UsageWriter
 from seekserve.api.accounts import Accounts
+from seekserve.api.openapi import install_openapi
 from seekserve.api.routes import balance, chat, completions, health, models
 from seekserve.api.routes.metrics import make_registry
 from seekserve.api.routes.metrics import router as metrics_router
@@ -110,6 +111,7 @@ def create_app(server_config: ServerConfig, engine_configs: list[EngineConfig]) 
     for router in routers:
         app.include_router(router)
     _install_error_handlers(app)
+    install_openapi(app)
     return app
 
 
