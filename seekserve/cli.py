@@ -151,6 +151,12 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
         default=1024,
         help="per model: requests in flight before 503 Server Overloaded",
     )
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        help="on SIGTERM, seconds the requests in flight may take to finish before exit",
+    )
     p.add_argument("--log-level", default="info")
 
 
@@ -174,9 +180,17 @@ def _serve(args: argparse.Namespace) -> int:
         billing=not args.no_billing,
         concurrency_limit=args.concurrency_limit,
         max_queued_requests=args.max_queued_requests,
+        drain_timeout_s=args.drain_timeout,
     )
     app = create_app(server_config, engine_configs)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    # SIGTERM: stop accepting, let requests in flight finish (bounded), then stop the engines
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=server_config.drain_timeout_s,
+    )
     return 0
 
 

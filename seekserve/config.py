@@ -183,6 +183,11 @@ class ServerConfig:
     """Per model: prompt tokens of the requests in flight beyond this → 503."""
     max_body_bytes: int = 32 * 1024 * 1024
     """Largest request body accepted (413 above)."""
+    start_deadline_s: float = 600.0
+    """A request that has not produced its first token after this long is closed with 503
+    (DeepSeek: 10 minutes)."""
+    drain_timeout_s: float = 30.0
+    """On SIGTERM: how long in-flight requests may finish before the server exits."""
 
     def __post_init__(self) -> None:
         for name in ("max_queued_requests", "max_queued_tokens", "max_body_bytes"):

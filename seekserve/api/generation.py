@@ -6,6 +6,7 @@ usage. Leaving the iteration early (client gone, stop string) aborts the engine 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 import uuid
@@ -17,6 +18,7 @@ from fastapi import Request
 
 from seekserve.api.protocol import GenerationRequest
 from seekserve.api.state import ServedModel, ServerState
+from seekserve.engine.outputs import EngineOutput
 from seekserve.errors import ContextTooLong, EngineError, InvalidRequest, Overloaded
 from seekserve.output.processor import RequestOutputState, TextDelta
 from seekserve.sampling.sampler import TokenLogprob
@@ -31,6 +33,8 @@ class Generation:
     prompt_token_ids: list[int]
     params: SamplingParams
     cache_salt: str = ""
+    start_deadline_s: float = 600.0
+    """A request still waiting for its first token after this long is given up (503)."""
     on_finish: Callable[[Generation], None] | None = None
     """Called once when the run ends, however it ends (usage accounting)."""
     num_output_tokens: int = 0
@@ -47,7 +51,8 @@ class Generation:
         )
         try:
             async with contextlib.aclosing(outputs):
-                async for output in outputs:
+                first = await self._first_output(outputs)
+                async for output in _prepend(first, outputs):
                     if output.error is not None:
                         raise EngineError(output.error)
                     self.num_cached_tokens = output.num_cached_tokens
@@ -60,6 +65,16 @@ class Generation:
         finally:
             if self.on_finish is not None:
                 self.on_finish(self)
+
+    async def _first_output(self, outputs: AsyncIterator[EngineOutput]) -> EngineOutput:
+        """The first output, or 503 when the request has not started within the deadline
+        (DeepSeek closes a request that has not started inference after 10 minutes)."""
+        try:
+            return await asyncio.wait_for(anext(outputs), self.start_deadline_s)
+        except TimeoutError:
+            raise Overloaded(
+                f"Server Overloaded: the request did not start within {self.start_deadline_s:g} s"
+            ) from None
 
     @classmethod
     def start(
@@ -94,7 +109,13 @@ class Generation:
             )
 
         return cls(
-            served, str(uuid.uuid4()), prompt_token_ids, params, cache_salt=salt, on_finish=charge
+            served,
+            str(uuid.uuid4()),
+            prompt_token_ids,
+            params,
+            cache_salt=salt,
+            start_deadline_s=state.config.start_deadline_s,
+            on_finish=charge,
         )
 
     def header(self, object_name: str) -> dict[str, Any]:
@@ -168,3 +189,11 @@ def build_sampling_params(
         logprobs=logprobs,
         grammar=grammar,
     )
+
+
+async def _prepend(
+    first: EngineOutput, rest: AsyncIterator[EngineOutput]
+) -> AsyncIterator[EngineOutput]:
+    yield first
+    async for item in rest:
+        yield item

@@ -52,6 +52,9 @@ class Engine:
         num_blocks = config.cache.num_blocks or max(
             1, config.cache.kv_cache_memory_bytes // self.kv_bytes_per_block
         )
+        from seekserve.loader.model_loader import weight_bytes
+
+        config.check_memory_budget(weight_bytes(model), num_blocks * self.kv_bytes_per_block)
         pool_tokens = num_blocks * block_size
         wanted_len = config.model.max_model_len or arch.max_position_embeddings
         self.max_model_len = min(wanted_len, pool_tokens, arch.max_position_embeddings)

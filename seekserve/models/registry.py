@@ -11,6 +11,10 @@ from seekserve.models.config import ModelArchConfig
 _ARCHITECTURES = {
     "llama": ("seekserve.models.llama", "LlamaForCausalLM"),
     "qwen2": ("seekserve.models.llama", "LlamaForCausalLM"),  # llama + QKV bias
+    "qwen3": ("seekserve.models.qwen3", "Qwen3ForCausalLM"),
+    "gemma3": ("seekserve.models.gemma3", "Gemma3ForCausalLM"),  # text model (gemma3_text)
+    "deepseek_v2": ("seekserve.models.deepseek_v3", "DeepseekV3ForCausalLM"),  # softmax router
+    "deepseek_v3": ("seekserve.models.deepseek_v3", "DeepseekV3ForCausalLM"),
     "scripted": ("seekserve.models.scripted", "ScriptedForCausalLM"),  # tests: forced replies
 }
 

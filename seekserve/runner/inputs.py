@@ -9,7 +9,8 @@ makes at most two attention calls per layer, however many requests it holds:
 
 Padding is indexed away: `q_index` maps (b, i) to a flat token (padding reads token 0 and
 its output is dropped) and `kv_index` maps (b, j) to a cache slot; `mask` allows query i of
-request b to see kv j when j <= its position and j < the request's length.
+request b to see kv j when j <= its position and j < the request's length. Sliding-window
+layers narrow it once per step with `sliding_window_masks`.
 """
 
 from __future__ import annotations
@@ -111,6 +112,26 @@ def _build_group(
         mask=mask.unsqueeze(1),
         is_decode=max_q == 1,
     )
+
+
+def sliding_window_masks(inputs: ModelInputs, window: int) -> list[torch.Tensor]:
+    """Each group's mask narrowed to a sliding window: the query at position p sees the kv
+    positions (p - window, p] only; padding queries keep their mask (no row is all False).
+    Depends on the step alone, so a model builds it once per step per window size (on the
+    inputs' device) and hands it to all its sliding layers. One (B, 1, max_q, max_kv) bool
+    tensor per group, in group order.
+
+        window 3, query at position 5:   kv position  0 1 2 3 4 5 6
+                                         allowed      . . . x x x .
+    """
+    masks = []
+    for group in inputs.groups:
+        q_pos = inputs.positions[group.q_index]  # (B, max_q)
+        kv_pos = torch.arange(group.mask.shape[-1], device=q_pos.device)  # (max_kv,)
+        in_window = kv_pos > (q_pos - window).unsqueeze(-1)  # (B, max_q, max_kv)
+        in_window |= ~group.q_valid.unsqueeze(-1)
+        masks.append(group.mask & in_window.unsqueeze(1))
+    return masks
 
 
 def prepare_inputs(output: SchedulerOutput, block_size: int) -> ModelInputs:

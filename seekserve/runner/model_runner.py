@@ -1,8 +1,13 @@
 """Owns the model, its KV cache tensors and the sampler; runs one batched step.
 
-KV cache memory, all layers in one tensor:
-    kv_cache: (num_layers, 2, num_blocks, block_size, num_kv_heads, head_dim)
-                           └ 0 = K, 1 = V
+KV cache memory, all layers in one tensor; what a token keeps per layer is
+`kv_token_shape(cfg)` = (num_planes, num_heads, dim):
+    kv_cache: (num_layers, num_planes, num_blocks, block_size, num_heads, dim)
+    standard attention:  (num_layers, 2, ..., num_kv_heads, head_dim)      planes: 0 = K, 1 = V
+    latent attention:    (num_layers, 1, ..., 1, kv_lora_rank + qk_rope_head_dim)
+                                                 └ normalized KV latent ‖ rope'd shared key
+NOTE: the block dimension is always dim 2, so `kv_cache[:, :, block_id]` is one block of every
+layer whatever the layout (the disk tier copies blocks in and out that way).
 """
 
 from __future__ import annotations
@@ -22,16 +27,23 @@ from seekserve.sampling_params import SamplingParams
 logger = logging.getLogger(__name__)
 
 
+def kv_token_shape(cfg: ModelArchConfig) -> tuple[int, int, int]:
+    """What one token keeps in the cache of one layer: (num_planes, num_heads, dim).
+
+    Standard attention keeps K and V: (2, num_kv_heads, head_dim). Multi-head latent attention
+    (deepseek_v2/v3) keeps one row, the normalized KV latent followed by the rope'd key part
+    shared by all heads, (1, 1, kv_lora_rank + qk_rope_head_dim); the attention layer expands
+    per-head K and V from it when it attends.
+    """
+    if cfg.kv_lora_rank:
+        return (1, 1, cfg.kv_lora_rank + cfg.qk_rope_head_dim)
+    return (2, cfg.num_key_value_heads, cfg.head_dim)
+
+
 def kv_bytes_per_block(cfg: ModelArchConfig, block_size: int, dtype: torch.dtype) -> int:
     element_size = torch.empty(0, dtype=dtype).element_size()
-    return (
-        cfg.num_hidden_layers
-        * 2
-        * block_size
-        * cfg.num_key_value_heads
-        * cfg.head_dim
-        * element_size
-    )
+    num_planes, num_heads, dim = kv_token_shape(cfg)
+    return cfg.num_hidden_layers * num_planes * block_size * num_heads * dim * element_size
 
 
 class ModelRunner:
@@ -48,15 +60,9 @@ class ModelRunner:
         self.model = model
         self.block_size = block_size
         self.device = torch.device(device)
+        num_planes, num_heads, dim = kv_token_shape(cfg)
         self.kv_cache = torch.zeros(
-            (
-                cfg.num_hidden_layers,
-                2,
-                num_blocks,
-                block_size,
-                cfg.num_key_value_heads,
-                cfg.head_dim,
-            ),
+            (cfg.num_hidden_layers, num_planes, num_blocks, block_size, num_heads, dim),
             dtype=dtype,
             device=self.device,
         )

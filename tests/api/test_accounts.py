@@ -224,3 +224,20 @@ def test_oversized_body_gets_413(serve):
     assert response.status_code == 413
     assert response.json()["error"]["message"].startswith("Request body too large: ")
     assert client.post(CHAT, json=chat_body(), headers=bearer(key)).status_code == 200
+
+
+def test_request_not_started_in_time_gets_503(serve):
+    client, ledger = serve(start_deadline_s=0.2)
+    key, _ = ledger.create_key("hank", topped_up_nano=usd_to_nano("1"))
+    _slow(client, 0.5)  # the first token takes longer than the deadline
+    try:
+        assert_error(
+            client.post(CHAT, json=chat_body(), headers=bearer(key)),
+            503,
+            "Server Overloaded: the request did not start within 0.2 s",
+            error_type="server_overloaded",
+        )
+    finally:
+        del engine_of(client).step
+    wait_until_idle(engine_of(client))
+    assert client.post(CHAT, json=chat_body(), headers=bearer(key)).status_code == 200

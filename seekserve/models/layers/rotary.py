@@ -7,15 +7,19 @@ from torch import nn
 
 
 class RotaryEmbedding(nn.Module):
-    def __init__(self, head_dim: int, max_position: int, theta: float) -> None:
+    def __init__(
+        self, head_dim: int, max_position: int, theta: float, linear_factor: float = 1.0
+    ) -> None:
+        """`linear_factor` > 1 is "linear" rope scaling: positions are divided by it."""
         super().__init__()
         self.head_dim, self.max_position, self.theta = head_dim, max_position, theta
+        self.linear_factor = linear_factor
         self.init_buffers()
 
     def init_buffers(self) -> None:
         """(Re)compute the cos/sin tables, e.g. after the module was built on the meta device."""
         exponents = torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim
-        inv_freq = 1.0 / (self.theta**exponents)
+        inv_freq = 1.0 / (self.theta**exponents) / self.linear_factor
         freqs = torch.outer(torch.arange(self.max_position, dtype=torch.float32), inv_freq)
         emb = torch.cat((freqs, freqs), dim=-1)  # (max_position, head_dim)
         self.register_buffer("cos", emb.cos(), persistent=False)
@@ -40,3 +44,16 @@ def _apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     half = x.shape[-1] // 2
     rotated = torch.cat((-x32[..., half:], x32[..., :half]), dim=-1)
     return (x32 * cos + rotated * sin).to(x.dtype)
+
+
+def linear_rope_factor(scaling_type: str, factor: float) -> float:
+    """The `RotaryEmbedding` linear factor of a config's rope scaling; ValueError for the
+    scaling types the rotary does not implement."""
+    if scaling_type == "default":
+        return 1.0
+    if scaling_type == "linear":
+        return factor
+    raise ValueError(
+        f"rope scaling {scaling_type!r} is not supported for this architecture "
+        "(supported: none, 'linear'); remove rope_scaling from config.json to run without it"
+    )
