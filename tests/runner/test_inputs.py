@@ -3,7 +3,7 @@
 import torch
 
 from seekserve.engine.outputs import ScheduledRequest, SchedulerOutput
-from seekserve.runner.inputs import prepare_inputs
+from seekserve.runner.inputs import prepare_inputs, sliding_window_masks
 
 
 def test_mixed_step_layout():
@@ -42,3 +42,24 @@ def test_mixed_step_layout():
         [[t, t, t, t, t, f], [t, t, t, t, t, t], [t, f, f, f, f, f]],  # padded row: kv 0
     ]
     assert prefill.mask.dtype == torch.bool
+
+
+def test_sliding_window_masks_keep_the_last_positions_and_padding_rows():
+    out = SchedulerOutput(
+        scheduled=[
+            ScheduledRequest("d", [42], 5, [3, 8], True),
+            ScheduledRequest("p1", [10, 11, 12], 0, [1], False),
+            ScheduledRequest("p2", [20, 21], 4, [0, 6], True),
+        ],
+        preempted_request_ids=[],
+    )
+    inputs = prepare_inputs(out, block_size=4)
+    decode, prefill = sliding_window_masks(inputs, window=3)
+    # the decode at position 5 sees positions 3, 4, 5
+    assert decode[0, 0].tolist() == [[False, False, False, True, True, True]]
+    t, f = True, False
+    assert prefill[:, 0].tolist() == [
+        [[t, f, f, f, f, f], [t, t, f, f, f, f], [t, t, t, f, f, f]],
+        # positions 4, 5 see (1..4], (2..5]; the padding query keeps its mask (kv 0)
+        [[f, f, t, t, t, f], [f, f, f, t, t, t], [t, f, f, f, f, f]],
+    ]

@@ -1,0 +1,66 @@
+"""Paged attention against plain softmax(QKᵀ)V per request: causal, sliding-window and
+softcapped, on a mixed decode + prefill step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from seekserve.engine.outputs import ScheduledRequest, SchedulerOutput
+from seekserve.runner.attention import paged_attention
+from seekserve.runner.inputs import prepare_inputs, sliding_window_masks
+
+BLOCK_SIZE = 4
+NUM_HEADS, NUM_KV_HEADS, HEAD_DIM = 4, 2, 8
+# (request id, positions already in the cache, new tokens, block ids)
+REQUESTS = [("d", 9, 1, [5, 2, 7]), ("p1", 0, 6, [0, 3]), ("p2", 5, 7, [1, 4, 6])]
+
+
+def reference(q, k, v, window: int | None, softcap: float | None, scale: float):
+    """One request: q (n, H, D) at the last n of the (L, Hkv, D) positions of k, v."""
+    n, length = q.shape[0], k.shape[0]
+    k = k.repeat_interleave(NUM_HEADS // NUM_KV_HEADS, dim=1)
+    v = v.repeat_interleave(NUM_HEADS // NUM_KV_HEADS, dim=1)
+    scores = torch.einsum("qhd,khd->hqk", q, k) * scale
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    q_pos = torch.arange(length - n, length).unsqueeze(-1)
+    kv_pos = torch.arange(length)
+    allowed = kv_pos <= q_pos
+    if window is not None:
+        allowed &= kv_pos > q_pos - window
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    return torch.einsum("hqk,khd->qhd", scores.softmax(-1), v)
+
+
+@pytest.mark.parametrize(("window", "softcap"), [(None, None), (3, None), (None, 1.5), (5, 1.5)])
+def test_paged_attention_equals_plain_attention(window, softcap):
+    torch.manual_seed(0)
+    out = SchedulerOutput(
+        scheduled=[
+            ScheduledRequest(rid, [1] * n, start, blocks, True)
+            for rid, start, n, blocks in REQUESTS
+        ],
+        preempted_request_ids=[],
+    )
+    inputs = prepare_inputs(out, BLOCK_SIZE)
+    kv_cache = torch.zeros(2, 8, BLOCK_SIZE, NUM_KV_HEADS, HEAD_DIM)
+    # the whole history of each request: earlier positions are written to the cache first
+    history = {
+        rid: torch.randn(2, start + n, NUM_KV_HEADS, HEAD_DIM) for rid, start, n, _ in REQUESTS
+    }
+    for rid, start, _, blocks in REQUESTS:
+        for pos in range(start):
+            slot = blocks[pos // BLOCK_SIZE] * BLOCK_SIZE + pos % BLOCK_SIZE
+            kv_cache.view(2, -1, NUM_KV_HEADS, HEAD_DIM)[:, slot] = history[rid][:, pos]
+    k = torch.cat([history[rid][0, start:] for rid, start, _, _ in REQUESTS])
+    v = torch.cat([history[rid][1, start:] for rid, start, _, _ in REQUESTS])
+    q = torch.randn(k.shape[0], NUM_HEADS, HEAD_DIM)
+    masks = None if window is None else sliding_window_masks(inputs, window)
+    got = paged_attention(q, k, v, kv_cache, inputs, 0.3, masks, softcap)
+    flat = 0
+    for rid, _, n, _ in REQUESTS:
+        keys, values = history[rid]
+        expected = reference(q[flat : flat + n], keys, values, window, softcap, 0.3)
+        torch.testing.assert_close(got[flat : flat + n], expected, rtol=1e-5, atol=1e-5)
+        flat += n
