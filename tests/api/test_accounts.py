@@ -241,3 +241,8 @@ def test_request_not_started_in_time_gets_503(serve):
         del engine_of(client).step
     wait_until_idle(engine_of(client))
     assert client.post(CHAT, json=chat_body(), headers=bearer(key)).status_code == 200
+
+
+def test_balance_without_a_ledger_charges_nothing(client):
+    """An open server (no ledger): the balance endpoint answers, nothing is ever owed."""
+    assert client.get("/user/balance").json() == {"is_available": True, "balance_infos": []}

@@ -676,7 +676,7 @@ def test_completions_without_beta(client, path):
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("POST", "/embeddings"), ("GET", "/user/balance"), ("POST", "/v2/chat/completions")],
+    [("POST", "/embeddings"), ("GET", "/user/info"), ("POST", "/v2/chat/completions")],
 )
 def test_unknown_path_is_404(client, method, path):
     assert_error(client.request(method, path, json={}), 404, "Not Found")
