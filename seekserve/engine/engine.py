@@ -185,10 +185,29 @@ class Engine:
             for rid, p in params.items()
         }
         constraints = {rid: requests[rid].constraint for rid in sampling}
-        sampled, logprobs = self.runner.execute(scheduler_output, params, history, constraints)
+        try:
+            sampled, logprobs = self.runner.execute(scheduler_output, params, history, constraints)
+        except Exception:  # the step's requests fail; the waiting ones and the engine go on
+            logger.exception(
+                "model step failed; failing the %d requests of this step",
+                len(scheduler_output.scheduled),
+            )
+            return self._fail([s.request_id for s in scheduler_output.scheduled])
         outputs = self.scheduler.update(scheduler_output, sampled, logprobs)
         self._write_behind()
         return outputs
+
+    def _fail(
+        self, request_ids: list[str], message: str = "internal error in the engine step"
+    ) -> list[EngineOutput]:
+        failed = []
+        for request_id in request_ids:
+            output = self.abort_request(request_id)
+            if output is not None:
+                failed.append(
+                    EngineOutput(request_id, [], "abort", output.num_prompt_tokens, error=message)
+                )
+        return failed
 
     def _write_behind(self) -> None:
         """Hand the blocks cached this step to the disk tier (copies; written elsewhere)."""

@@ -47,9 +47,11 @@ class Request:
     num_cached_tokens: int | None = None
     """Prompt tokens whose K/V came from the prefix cache at first admission (usage)."""
     block_hashes: list[bytes] = field(default_factory=list)
-    constraint: GrammarConstraint | None = None
-    """The request's grammar state when its output is constrained (JSON mode)."""
     """Chained hashes of the full blocks of token_ids, filled lazily by the KV manager."""
+    constraint: GrammarConstraint | None = None
+    """The request's grammar state when its output is constrained (JSON mode, tools)."""
+    error: str | None = None
+    """Why the request failed inside the engine (it finished with "abort")."""
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)
@@ -84,7 +86,11 @@ class Request:
         elif self.constraint is not None and (
             not self.constraint.accept(token_id) or self.constraint.is_complete
         ):
-            self.finish("stop")  # the constrained value is closed
+            if self.constraint.error is not None:  # this request alone fails
+                self.error = self.constraint.error
+                self.finish("abort")
+            else:
+                self.finish("stop")  # the constrained value is closed
         elif self.num_output_tokens >= params.max_tokens or self.num_tokens >= self.max_model_len:
             self.finish("length")
 

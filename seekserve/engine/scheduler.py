@@ -137,6 +137,7 @@ class Scheduler:
                     finish_reason=request.finish_reason,
                     num_prompt_tokens=request.num_prompt_tokens,
                     num_cached_tokens=request.num_cached_tokens or 0,
+                    error=request.error,
                     logprobs=[logprobs[request.request_id]]
                     if logprobs and request.request_id in logprobs
                     else None,

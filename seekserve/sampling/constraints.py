@@ -30,13 +30,27 @@ class GrammarConstraint:
     def __init__(self, matcher: xgr.GrammarMatcher, end_when_complete: bool = True) -> None:
         self._matcher = matcher
         self._end_when_complete = end_when_complete
+        self.error: str | None = None
+        """Set when the matcher failed: the request ends with this error, alone — a fault
+        in one request's grammar never fails the batch it runs in."""
 
     def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
-        self._matcher.fill_next_token_bitmask(bitmask, row)
+        if self.error is not None:
+            return  # the row stays all-allowed; the request ends at its next token
+        try:
+            self._matcher.fill_next_token_bitmask(bitmask, row)
+        except Exception as exc:
+            self.error = f"grammar failed: {exc}"
 
     def accept(self, token_id: int) -> bool:
-        """Advance past a sampled token; False if the grammar refuses it."""
-        return bool(self._matcher.accept_token(token_id))
+        """Advance past a sampled token; False if the grammar refuses it (or failed)."""
+        if self.error is not None:
+            return False
+        try:
+            return bool(self._matcher.accept_token(token_id))
+        except Exception as exc:
+            self.error = f"grammar failed: {exc}"
+            return False
 
     @property
     def is_complete(self) -> bool:
