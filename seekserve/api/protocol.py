@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from seekserve.errors import ApiError, InvalidParameters, InvalidRequest
 
 MAX_STOP_SEQUENCES = 16
+MAX_STOP_LENGTH = 1024  # held-back text is bounded by the longest stop string
 MAX_TOOLS = 128
 MAX_TOP_LOGPROBS = 20
 FUNCTION_NAME_RE = re.compile(r"[a-zA-Z0-9_-]{1,64}")
@@ -389,6 +390,13 @@ def check_generation_values(req: GenerationRequest) -> None:
             f"(got {len(req.stop_list)})",
             param="stop",
         )
+    for stop in req.stop_list:
+        if len(stop) > MAX_STOP_LENGTH:
+            raise InvalidRequest(
+                f"Invalid stop value, a stop sequence may be at most {MAX_STOP_LENGTH} "
+                f"characters (got {len(stop)})",
+                param="stop",
+            )
     if req.stream_options is not None and not req.stream:
         raise InvalidRequest(
             "Invalid stream_options value, stream_options is only allowed when stream is true",

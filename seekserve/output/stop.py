@@ -33,8 +33,15 @@ class StopChecker:
         return held
 
     def _holdable_suffix(self, text: str) -> int:
-        for size in range(min(len(text), self._max_hold), 0, -1):
-            tail = text[-size:]
-            if any(s.startswith(tail) for s in self.stops):
-                return size
-        return 0
+        """Length of the longest end of `text` that begins a stop string: the leftmost
+        position that could start one and does is the longest."""
+        longest = 0
+        for stop in self.stops:
+            start = max(0, len(text) - len(stop) + 1, len(text) - self._max_hold)
+            index = text.find(stop[0], start)
+            while index != -1 and len(text) - index > longest:
+                if stop.startswith(text[index:]):
+                    longest = len(text) - index
+                    break
+                index = text.find(stop[0], index + 1)
+        return longest
