@@ -25,6 +25,8 @@ config file (--config FILE, TOML; .yaml/.yml with PyYAML): several models, one e
   model = "smollm2-135m"          # catalogue name, .gguf, HF directory, org/name[:file] (required)
   kv_cache_memory = "512MiB"      # KV pool budget
   memory_budget = "1GiB"          # weights + KV pool must fit, else the start fails
+  price_output = 0.42             # USD per 1M tokens charged to ledger keys (also
+                                  # price_cache_hit, price_cache_miss; V3.2's by default)
 
   [[models]]
   name = "deepseek-reasoner"

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from seekserve.accounts.prices import Prices
+
 logger = logging.getLogger(__name__)
 
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -85,6 +87,12 @@ class ModelConfig:
     (chat) or 32768 (reasoner)."""
     quantization: str | None = None
     """None, or "int8": int8 weight-only linear layers (faster bandwidth-bound decode)."""
+    price_cache_hit: float = 0.028
+    """USD per 1M prompt tokens served from the prefix cache (DeepSeek V3.2's price)."""
+    price_cache_miss: float = 0.28
+    """USD per 1M prompt tokens computed."""
+    price_output: float = 0.42
+    """USD per 1M output tokens (reasoning included)."""
     chat_template: str | None = None
     """Jinja chat template (its text) replacing the model's own; None: the model's."""
 
@@ -98,6 +106,10 @@ class ModelConfig:
                 f"default_max_tokens ({self.output_tokens_default}) must be in "
                 f"[1, max_output_tokens={self.output_tokens_limit}]"
             )
+
+    @property
+    def prices(self) -> Prices:
+        return Prices(self.price_cache_hit, self.price_cache_miss, self.price_output)
 
     @property
     def is_reasoning(self) -> bool:

@@ -10,6 +10,7 @@ types. Knows nothing about loading models; `api/app.py` builds an engine per con
     model = "smollm2-135m"              # catalogue name, .gguf, HF directory, org/name[:file]
     kv_cache_memory = "512MiB"
     memory_budget = "1GiB"              # weights + KV pool must fit, else the start fails
+    price_output = 0.42                 # USD per 1M tokens (also price_cache_hit / _miss)
 
     [[models]]
     name = "deepseek-reasoner"
@@ -64,6 +65,12 @@ def _size(value: Any, where: str) -> int:
         raise ValueError(f"{where}: {exc}") from None
 
 
+def _price(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ValueError(f"{where} must be a price >= 0 in USD per 1M tokens, got {value!r}")
+    return float(value)
+
+
 MODEL_KEYS: dict[str, tuple[str, str, Parser]] = {
     "name": ("model", "served_model_name", _string),
     "model": ("model", "model", _string),
@@ -85,6 +92,9 @@ MODEL_KEYS: dict[str, tuple[str, str, Parser]] = {
     "max_num_seqs": ("scheduler", "max_num_seqs", _integer),
     "max_num_batched_tokens": ("scheduler", "max_num_batched_tokens", _integer),
     "memory_budget": ("", "memory_budget_bytes", _size),
+    "price_cache_hit": ("model", "price_cache_hit", _price),
+    "price_cache_miss": ("model", "price_cache_miss", _price),
+    "price_output": ("model", "price_output", _price),
     "seed": ("", "seed", _integer),
     "threads": ("", "num_threads", _integer),
 }

@@ -275,3 +275,23 @@ def test_unsupported_architecture_fails_the_start(
     # the list grows as architectures are added
     assert str(info.value).startswith(f"{model_dir}: unsupported architecture 'mamba'; supported: ")
     assert "llama, " in str(info.value)
+
+
+def test_prices_per_model(tmp_path):
+    from seekserve.config import EngineConfig, ModelConfig
+    from seekserve.config_file import load_config_file
+
+    path = tmp_path / "models.toml"
+    path.write_text(
+        '[[models]]\nname = "deepseek-chat"\nmodel = "smollm2-135m"\n'
+        "price_cache_hit = 0.01\nprice_cache_miss = 0.1\nprice_output = 0.5\n"
+        '[[models]]\nname = "other"\nmodel = "smollm2-135m"\n'
+    )
+    first, second = load_config_file(path, EngineConfig(model=ModelConfig(model="x")))
+    assert (first.model.prices.cache_hit, first.model.prices.output) == (0.01, 0.5)
+    assert second.model.prices == ModelConfig(model="x").prices  # V3.2's defaults
+    path.write_text('[[models]]\nname = "a"\nmodel = "m"\nprice_output = -1\n')
+    import pytest
+
+    with pytest.raises(ValueError, match="price_output must be a price >= 0"):
+        load_config_file(path, EngineConfig(model=ModelConfig(model="x")))

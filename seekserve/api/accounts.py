@@ -35,8 +35,6 @@ class Accounts:
     """With a ledger: charge usage and refuse spent keys (False: keys only)."""
     concurrency_limit: int | None = None
     """Requests in flight per key (a ledger key's own limit wins); None: unlimited."""
-    prices: dict[str, Prices] = field(default_factory=dict)
-    """By served model name; missing names use DeepSeek's V3.2 prices."""
     limiter: ConcurrencyLimiter = field(default_factory=ConcurrencyLimiter)
 
     @property
@@ -84,6 +82,7 @@ class Accounts:
         self,
         request_state: Any,
         model: str,
+        prices: Prices,
         request_id: str,
         num_prompt_tokens: int,
         num_cached_tokens: int,
@@ -95,7 +94,7 @@ class Accounts:
             return
         hit = cache_hit_tokens(num_cached_tokens)
         miss = num_prompt_tokens - hit
-        cost = self.prices.get(model, Prices()).cost_nano(hit, miss, num_output_tokens)
+        cost = prices.cost_nano(hit, miss, num_output_tokens)
         self.writer.submit(
             UsageRow(record.id, request_id, model, hit, miss, num_output_tokens, cost, time.time())
         )

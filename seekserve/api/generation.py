@@ -102,6 +102,7 @@ class Generation:
             accounts.charge(
                 request_state,
                 served.name,
+                served.config.prices,
                 gen.request_id,
                 len(gen.prompt_token_ids),
                 gen.num_cached_tokens,

@@ -25,10 +25,11 @@ from tests.conftest import engine_config
 def serve(tmp_path: Path, tiny_chat_model_dir: Path) -> Iterator[Any]:
     clients: list[TestClient] = []
 
-    def start(**server: Any) -> tuple[TestClient, Ledger]:
+    def start(prices: dict[str, float] | None = None, **server: Any) -> tuple[TestClient, Ledger]:
         ledger_path = tmp_path / "ledger.db"
         config = ServerConfig(ledger_path=str(ledger_path), **server)
-        client = TestClient(create_app(config, [engine_config(tiny_chat_model_dir)]))
+        model = engine_config(tiny_chat_model_dir, **(prices or {}))
+        client = TestClient(create_app(config, [model]))
         client.__enter__()
         clients.append(client)
         return client, Ledger(ledger_path)
@@ -246,3 +247,18 @@ def test_request_not_started_in_time_gets_503(serve):
 def test_balance_without_a_ledger_charges_nothing(client):
     """An open server (no ledger): the balance endpoint answers, nothing is ever owed."""
     assert client.get("/user/balance").json() == {"is_available": True, "balance_infos": []}
+
+
+def test_a_models_own_prices_are_charged(serve):
+    client, ledger = serve(
+        prices={"price_cache_hit": 1.0, "price_cache_miss": 2.0, "price_output": 30.0}
+    )
+    key, record = ledger.create_key("ivy", topped_up_nano=usd_to_nano("1"))
+    usage = client.post(CHAT, json=chat_body(max_tokens=3), headers=bearer(key)).json()["usage"]
+    flush(client)
+    [row] = ledger.usage_rows(record.id)
+    assert row.cost_nano == (
+        usage["prompt_cache_hit_tokens"] * 1000
+        + usage["prompt_cache_miss_tokens"] * 2000
+        + usage["completion_tokens"] * 30000
+    )
