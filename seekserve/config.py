@@ -200,6 +200,12 @@ class ServerConfig:
     (DeepSeek: 10 minutes)."""
     drain_timeout_s: float = 30.0
     """On SIGTERM: how long in-flight requests may finish before the server exits."""
+    load_in_background: bool = False
+    """Load the models after startup, answering /health ("loading") and 503 meanwhile
+    (`seekserve serve`); False: the app starts serving once every model is loaded."""
+    exit_on_load_failure: bool = False
+    """With background loading: a model that fails to load shuts the server down (SIGTERM
+    to itself, so a supervisor sees the failed start) instead of staying up to report it."""
 
     def __post_init__(self) -> None:
         for name in ("max_queued_requests", "max_queued_tokens", "max_body_bytes"):

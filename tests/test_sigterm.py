@@ -92,3 +92,35 @@ def test_sigterm_lets_the_stream_in_flight_finish(tiny_chat_model_dir: Path, tmp
             proc.kill()
             proc.wait()
         log.close()
+
+
+def test_a_model_that_cannot_load_ends_the_server(tmp_path: Path):
+    """`seekserve serve` listens at once (/health: loading), but a model that fails to load
+    ends the process with a failure a supervisor sees, the error in the log."""
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a gguf" * 100)
+    log_path = tmp_path / "server.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "seekserve",
+                "serve",
+                "--model",
+                str(bad),
+                "--port",
+                str(_free_port()),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "SEEKSERVE_HOME": str(tmp_path / "home")},
+        )
+        try:
+            code = proc.wait(120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert code != 0
+    assert f"{bad} is not a readable GGUF file" in log_path.read_text()

@@ -1,8 +1,20 @@
-"""The FastAPI application: factory, lifespan (load models, start/stop engines), error mapping."""
+"""The FastAPI application: factory, lifespan (load models, start/stop engines), middleware,
+error mapping.
+
+Models load in the lifespan by default: the app answers once every engine runs (what tests
+and embedders expect). `ServerConfig.load_in_background` (`seekserve serve`) starts the
+loading as a task instead, so the server listens at once: /health answers 503 "loading",
+then 200 "ready" (or 503 "failed" with the error), and the API answers 503 until ready.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import os
+import signal
+import threading
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,14 +29,22 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from seekserve.accounts.ledger import Ledger, UsageWriter
 from seekserve.api.accounts import Accounts
 from seekserve.api.openapi import install_openapi
-from seekserve.api.routes import balance, chat, completions, health, models
-from seekserve.api.routes.metrics import make_registry
+from seekserve.api.request_log import RequestLog, log_model_summary
+from seekserve.api.routes import anthropic, balance, chat, completions, health, models
+from seekserve.api.routes.metrics import ServerMetrics
 from seekserve.api.routes.metrics import router as metrics_router
 from seekserve.api.state import ServedModel, ServerState
 from seekserve.config import EngineConfig, ServerConfig
 from seekserve.engine.async_engine import AsyncEngine
-from seekserve.errors import ApiError, PayloadTooLarge, error_body, to_status_and_body
+from seekserve.errors import (
+    ApiError,
+    Overloaded,
+    PayloadTooLarge,
+    error_body,
+    to_status_and_body,
+)
 from seekserve.llm import ModelFiles
+from seekserve.logging_setup import request_id_var
 
 logger = logging.getLogger(__name__)
 
@@ -64,37 +84,76 @@ def load_served_models(engine_configs: list[EngineConfig]) -> dict[str, ServedMo
     return served
 
 
+class ModelLoader:
+    """Resolves the served models and starts their engines, blocking: in the lifespan, or on
+    a worker thread (background loading). `stop` stops every engine it started or is
+    starting, and keeps it from starting more (shutdown while loading)."""
+
+    def __init__(self, engine_configs: list[EngineConfig]) -> None:
+        self.engine_configs = engine_configs
+        self._engines: list[AsyncEngine] = []
+        self._lock = threading.Lock()
+        self._is_stopped = False
+
+    def load(self, loop: asyncio.AbstractEventLoop) -> dict[str, ServedModel]:
+        """The models with their engines running (outputs delivered on `loop`); re-raises
+        the first load error."""
+        models = load_served_models(self.engine_configs)
+        for served in models.values():
+            with self._lock:
+                if self._is_stopped:
+                    raise RuntimeError("the server shut down while the models were loading")
+                self._engines.append(served.engine)
+            served.engine.start(loop)  # loads the weights; re-raises a load error
+        return models
+
+    def stop(self) -> None:
+        with self._lock:
+            self._is_stopped = True
+            engines = list(self._engines)
+        for engine in engines:
+            engine.stop()
+
+
 def create_app(server_config: ServerConfig, engine_configs: list[EngineConfig]) -> FastAPI:
-    """The app; models load and engines start in the lifespan (startup), stop at shutdown."""
+    """The app; models load in the lifespan (or, with `load_in_background`, in a task it
+    starts) and engines stop at shutdown."""
 
     check_served_names(engine_configs)
+    metrics = ServerMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        models = load_served_models(engine_configs)
-        started: list[ServedModel] = []
-        try:
-            for served in models.values():
-                served.engine.start()  # loads the weights; re-raises a load error
-                started.append(served)
-        except BaseException:
-            for served in started:  # a model that failed stops the ones before it
-                served.engine.stop()
-            raise
         accounts = open_accounts(server_config)
-        app.state.seekserve = ServerState(config=server_config, models=models, accounts=accounts)
-        app.state.metrics = make_registry(app.state.seekserve)
-        logger.info("serving %s", ", ".join(models))
+        state = ServerState(
+            config=server_config, models={}, accounts=accounts, metrics=metrics, status="loading"
+        )
+        app.state.seekserve = state
+        metrics.watch(state)
+        loader = ModelLoader(engine_configs)
+        loading: asyncio.Task[None] | None = None
         try:
+            if server_config.load_in_background:
+                loading = asyncio.create_task(_load_in_background(state, loader))
+            else:
+                _set_ready(state, loader.load(asyncio.get_running_loop()))
             yield
         finally:
-            for served in models.values():
-                served.engine.stop()
+            if loading is not None:
+                loading.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loading
+            loader.stop()  # a model that failed to load stops the ones before it
             accounts.close()  # after the engines: the last usage rows are committed
 
     app = FastAPI(title="SeekServe", version="0.1.0", lifespan=lifespan)
+    app.state.metrics = metrics
 
+    # outermost last: the trace id is set before the request log runs (its line carries the
+    # id), and the log sees every answer, the gate's 503 and the size limit's 413 included
     app.add_middleware(BodySizeLimit, max_bytes=server_config.max_body_bytes)
+    app.add_middleware(ReadinessGate)
+    app.add_middleware(RequestLog, metrics=metrics)
     app.add_middleware(TraceIdMiddleware)
     # browsers may call the API from any origin, as they may call DeepSeek's
     app.add_middleware(
@@ -102,6 +161,7 @@ def create_app(server_config: ServerConfig, engine_configs: list[EngineConfig]) 
     )
     routers = (
         chat.router,
+        anthropic.router,
         completions.router,
         models.router,
         balance.router,
@@ -113,6 +173,36 @@ def create_app(server_config: ServerConfig, engine_configs: list[EngineConfig]) 
     _install_error_handlers(app)
     install_openapi(app)
     return app
+
+
+async def _load_in_background(state: ServerState, loader: ModelLoader) -> None:
+    """Load on a worker thread while the server answers; a failure is logged and kept for
+    /health (the server stays up to report it)."""
+    try:
+        models = await asyncio.to_thread(loader.load, asyncio.get_running_loop())
+    except Exception as exc:
+        loader.stop()
+        state.status, state.load_error = "failed", f"{type(exc).__name__}: {exc}"
+        logger.error(
+            'loading the models failed; /health answers 503 "failed" and every API request '
+            "503 until the server is restarted: %s",
+            state.load_error,
+            exc_info=exc,
+        )
+        if state.config.exit_on_load_failure:
+            logger.error("shutting down: a model failed to load")
+            os.kill(os.getpid(), signal.SIGTERM)
+        return
+    _set_ready(state, models)
+
+
+def _set_ready(state: ServerState, models: dict[str, ServedModel]) -> None:
+    state.models.update(models)
+    state.status = "ready"
+    listen_url = f"http://{state.config.host}:{state.config.port}"
+    for served in models.values():
+        log_model_summary(served, listen_url)
+    logger.info("serving %s", ", ".join(models))
 
 
 def open_accounts(config: ServerConfig) -> Accounts:
@@ -167,9 +257,39 @@ class BodySizeLimit:
         await JSONResponse(body, status_code=status)(scope, receive, send)
 
 
+class ReadinessGate:
+    """503 for the API until the models are loaded (background loading): "loading", or
+    "failed to load". /health, /metrics and the docs always answer."""
+
+    _ALWAYS_OPEN = frozenset({"/health", "/metrics", "/docs", "/redoc", "/openapi.json"})
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state: ServerState | None = getattr(scope["app"].state, "seekserve", None)
+        if (
+            scope["type"] != "http"
+            or scope["path"] in self._ALWAYS_OPEN
+            or state is None
+            or state.status == "ready"
+        ):
+            await self.app(scope, receive, send)
+            return
+        if state.status == "loading":
+            error = Overloaded("Server Overloaded: the model is loading, retry in a few seconds")
+            headers = {"retry-after": "5"}
+        else:
+            error = Overloaded("Server Overloaded: the model failed to load (see /health)")
+            headers = {}
+        status, body = to_status_and_body(error)
+        await JSONResponse(body, status_code=status, headers=headers)(scope, receive, send)
+
+
 class TraceIdMiddleware:
     """DeepSeek answers every request with a 32-hex-digit `x-ds-trace-id` (spec §1). Plain
-    ASGI (no body buffering), so streams and disconnects pass through untouched."""
+    ASGI (no body buffering), so streams and disconnects pass through untouched. The id is
+    also the request id of every log line written while the request runs."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -179,6 +299,9 @@ class TraceIdMiddleware:
             await self.app(scope, receive, send)
             return
         trace_id = uuid.uuid4().hex.encode()
+        # NOTE: not reset afterwards: each request runs in its own task (its own context),
+        # and the 500 handler, which runs outside this middleware, logs with the id too
+        request_id_var.set(trace_id.decode())
 
         async def send_with_trace_id(message: Message) -> None:
             if message["type"] == "http.response.start":

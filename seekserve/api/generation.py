@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 
@@ -24,6 +24,9 @@ from seekserve.output.processor import RequestOutputState, TextDelta
 from seekserve.sampling.sampler import TokenLogprob
 from seekserve.sampling_params import GrammarSpec, SamplingParams
 from seekserve.usage import usage_dict
+
+if TYPE_CHECKING:
+    from seekserve.api.routes.metrics import ServerMetrics
 
 
 @dataclass
@@ -37,10 +40,15 @@ class Generation:
     """A request still waiting for its first token after this long is given up (503)."""
     on_finish: Callable[[Generation], None] | None = None
     """Called once when the run ends, however it ends (usage accounting)."""
+    metrics: ServerMetrics | None = None
+    """Where time to first token, inter-token and end-to-end latency go (None: nowhere)."""
+    arrival_s: float = field(default_factory=time.monotonic)
+    """`time.monotonic()` when the HTTP request arrived: the start of the latencies."""
     num_output_tokens: int = 0
     num_cached_tokens: int = 0
     finish_reason: str | None = None
     _state: RequestOutputState = field(init=False)
+    _last_token_s: float | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self._state = RequestOutputState(self.served.tokenizer, self.params.stop)
@@ -57,14 +65,32 @@ class Generation:
                         raise EngineError(output.error)
                     self.num_cached_tokens = output.num_cached_tokens
                     delta = self._state.process(output)
+                    self._observe_tokens(delta.num_output_tokens - self.num_output_tokens)
                     self.num_output_tokens = delta.num_output_tokens
                     self.finish_reason = delta.finish_reason
                     yield delta
                     if delta.finish_reason is not None:
                         return
         finally:
+            if self.metrics is not None and self.finish_reason is not None:
+                latency_s = time.monotonic() - self.arrival_s
+                self.metrics.e2e_request_latency.labels(self.served.name).observe(latency_s)
             if self.on_finish is not None:
                 self.on_finish(self)
+
+    def _observe_tokens(self, num_new_tokens: int) -> None:
+        """Time to first token on the first output with tokens, then the gap since the
+        previous one (one token per output, so one sample per token after the first)."""
+        if num_new_tokens <= 0:
+            return
+        now, last = time.monotonic(), self._last_token_s
+        self._last_token_s = now
+        if self.metrics is None:
+            return
+        if last is None:
+            self.metrics.time_to_first_token.labels(self.served.name).observe(now - self.arrival_s)
+        else:
+            self.metrics.inter_token_latency.labels(self.served.name).observe(now - last)
 
     async def _first_output(self, outputs: AsyncIterator[EngineOutput]) -> EngineOutput:
         """The first output, or 503 when the request has not started within the deadline
@@ -109,7 +135,7 @@ class Generation:
                 gen.num_output_tokens,
             )
 
-        return cls(
+        generation = cls(
             served,
             str(uuid.uuid4()),
             prompt_token_ids,
@@ -117,7 +143,16 @@ class Generation:
             cache_salt=salt,
             start_deadline_s=state.config.start_deadline_s,
             on_finish=charge,
+            metrics=state.metrics,
+            arrival_s=getattr(request_state, "arrival_s", None) or time.monotonic(),
         )
+        request_state.generation = generation  # the access log reads its model and tokens
+        return generation
+
+    @property
+    def stop_sequence(self) -> str | None:
+        """The stop string that ended the output, if one did."""
+        return self._state.stop_checker.matched
 
     def header(self, object_name: str) -> dict[str, Any]:
         """The leading fields of every response body and chunk."""

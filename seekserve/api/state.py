@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from fastapi import Depends, Request
 
@@ -15,6 +15,9 @@ from seekserve.errors import AuthenticationFailed, InvalidRequest, UnknownModel
 from seekserve.prompt.chat_template import ChatTemplate
 from seekserve.prompt.tokenizer import Tokenizer
 from seekserve.sampling.constraints import GrammarFactory
+
+if TYPE_CHECKING:
+    from seekserve.api.routes.metrics import ServerMetrics
 
 
 @dataclass
@@ -40,6 +43,12 @@ class ServerState:
     models: dict[str, ServedModel]
     accounts: Accounts | None = None
     """Keys, balances, limits; default: the configured static keys, nothing charged."""
+    metrics: ServerMetrics | None = None
+    """Latency histograms that generations record into (None: not recorded)."""
+    status: Literal["loading", "ready", "failed"] = "ready"
+    """`models` is filled when the last engine has started ("ready"); /health reports it."""
+    load_error: str | None = None
+    """Why loading failed (status "failed")."""
 
     def __post_init__(self) -> None:
         if self.accounts is None:

@@ -58,10 +58,11 @@ class AsyncEngine:
         assert self.engine is not None, "start() first"
         return self.engine.max_model_len
 
-    def start(self) -> None:
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Start the engine thread and wait until it has built the engine (weights loaded).
-        Call from the event loop that will consume the outputs; re-raises a build error."""
-        self._loop = asyncio.get_running_loop()
+        Call from the event loop that will consume the outputs, or pass that loop (a caller
+        on another thread: loading while the server answers); re-raises a build error."""
+        self._loop = loop or asyncio.get_running_loop()
         self._thread = threading.Thread(target=self._main, name="seekserve-engine", daemon=True)
         self._thread.start()
         self._ready.wait()

@@ -13,16 +13,19 @@ class StopChecker:
         self.stops = tuple(s for s in stops if s)
         self._max_hold = max((len(s) for s in self.stops), default=1) - 1
         self._held = ""
+        self.matched: str | None = None
+        """The stop string that ended the output (the earliest in the text), once found."""
 
     def feed(self, delta: str) -> tuple[str, bool]:
         """Returns (text safe to emit, True if a stop string was found)."""
         if not self.stops:
             return delta, False
         text = self._held + delta
-        hits = [i for i in (text.find(s) for s in self.stops) if i >= 0]
+        hits = [(i, s) for s in self.stops if (i := text.find(s)) >= 0]
         if hits:
             self._held = ""
-            return text[: min(hits)], True
+            index, self.matched = min(hits, key=lambda hit: hit[0])
+            return text[:index], True
         hold = self._holdable_suffix(text)
         self._held = text[len(text) - hold :] if hold else ""
         return text[: len(text) - hold], False

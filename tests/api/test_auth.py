@@ -69,7 +69,7 @@ def test_any_configured_key_is_accepted(make_client):
 def test_health_needs_no_key(client):
     response = client.get("/health")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "models": [MODEL]}
+    assert response.json() == {"status": "ready", "models": [MODEL]}
 
 
 @pytest.mark.parametrize(

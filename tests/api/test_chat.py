@@ -314,7 +314,7 @@ def test_get_model(client, path):
 def test_health(client):
     response = client.get("/health")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "models": [MODEL]}
+    assert response.json() == {"status": "ready", "models": [MODEL]}
 
 
 def test_cors_preflight_is_answered(client):

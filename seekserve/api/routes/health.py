@@ -1,10 +1,10 @@
-"""`GET /health`: 200 once the models are loaded and the engines run."""
+"""`GET /health`: 200 "ready" once the models are loaded and the engines run; 503 "loading"
+before (background loading), or 503 "failed" with the load error."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter
+from fastapi.responses import JSONResponse
 
 from seekserve.api.state import StateDep
 
@@ -12,5 +12,10 @@ router = APIRouter()
 
 
 @router.get("/health")
-async def health(state: StateDep) -> dict[str, Any]:
-    return {"status": "ok", "models": list(state.models)}
+async def health(state: StateDep) -> JSONResponse:
+    if state.status == "ready":
+        return JSONResponse({"status": "ready", "models": list(state.models)})
+    body = {"status": state.status}
+    if state.load_error is not None:
+        body["error"] = state.load_error
+    return JSONResponse(body, status_code=503)

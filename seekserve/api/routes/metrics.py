@@ -1,19 +1,32 @@
-"""`GET /metrics`: Prometheus text format, read from the engines at scrape time.
+"""`GET /metrics`: Prometheus text format.
 
-Each app has its own registry (no process-global state), with one collector that reads the
-engines' cumulative counters and the KV pool's current sizes when scraped.
+Each app has its own registry (no process-global state) holding two kinds of metrics:
+
+* read from the engines at scrape time (one collector): cumulative token and request
+  counters, the KV pool's and the queues' current sizes;
+* recorded as requests run: HTTP requests by route and status and their duration (the
+  request-log middleware), time to first token, inter-token latency and end-to-end latency
+  per model (`Generation.deltas`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from seekserve.api.state import ServerState
+if TYPE_CHECKING:
+    from seekserve.api.state import ServerState
 
 router = APIRouter()
 
@@ -35,11 +48,70 @@ _COUNTERS = [
 ]
 
 
+# seconds; LLM requests run from milliseconds (a 400) to minutes (a long stream)
+_REQUEST_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320, 640)
+_TTFT_BUCKETS_S = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5,
+                   7.5, 10, 20, 40, 80, 160, 640)  # fmt: skip
+_ITL_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.4,
+                  0.5, 0.75, 1, 2.5, 5)  # fmt: skip
+
+
+class ServerMetrics:
+    """The app's registry and the metrics recorded while requests run."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.engines = EngineCollector()
+        self.registry.register(self.engines)
+        self.requests = Counter(
+            "seekserve_requests",
+            "HTTP requests by route and status (a stream counts once, when it ends)",
+            ["route", "status"],
+            registry=self.registry,
+        )
+        self.request_duration = Histogram(
+            "seekserve_request_duration_seconds",
+            "HTTP request duration, arrival to the last byte of the response",
+            ["route"],
+            buckets=_REQUEST_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.time_to_first_token = Histogram(
+            "seekserve_time_to_first_token_seconds",
+            "Request arrival to its first generated token",
+            ["model"],
+            buckets=_TTFT_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.inter_token_latency = Histogram(
+            "seekserve_inter_token_latency_seconds",
+            "Time between consecutive token outputs of a request",
+            ["model"],
+            buckets=_ITL_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.e2e_request_latency = Histogram(
+            "seekserve_e2e_request_latency_seconds",
+            "Request arrival to its last token, for generations that finished",
+            ["model"],
+            buckets=_REQUEST_BUCKETS_S,
+            registry=self.registry,
+        )
+
+    def watch(self, state: ServerState) -> None:
+        """Read the engines of `state` at scrape time (set once the lifespan starts)."""
+        self.engines.state = state
+
+
 class EngineCollector(Collector):
-    def __init__(self, state: ServerState) -> None:
-        self.state = state
+    """The engines' counters and gauges, read when scraped (nothing before `watch`)."""
+
+    def __init__(self) -> None:
+        self.state: ServerState | None = None
 
     def collect(self) -> Iterator[Metric]:
+        if self.state is None:
+            return
         engines = {
             name: served.engine.engine
             for name, served in self.state.models.items()
@@ -101,12 +173,7 @@ class EngineCollector(Collector):
         yield evictions
 
 
-def make_registry(state: ServerState) -> CollectorRegistry:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(EngineCollector(state))
-    return registry
-
-
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
-    return Response(generate_latest(request.app.state.metrics), media_type=CONTENT_TYPE_LATEST)
+    registry = request.app.state.metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
