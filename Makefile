@@ -7,7 +7,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 MODEL  ?= smollm2-135m
 
-.PHONY: install serve test lint format bench clean
+.PHONY: install serve test test-clients lint format bench clean
 
 install: $(STAMP)  ## create .venv and install SeekServe with its dev tools (idempotent)
 
@@ -22,8 +22,11 @@ serve: install  ## fetch the default model (first run) and serve it as deepseek-
 	$(BIN)/seekserve serve --model $(MODEL) --served-model-name deepseek-chat \
 		--host $(HOST) --port $(PORT)
 
-test: install  ## the whole test suite (CPU)
+test: install  ## the whole test suite (CPU); with node/npm on PATH it runs the Node SDK test too
 	$(BIN)/python -m pytest
+
+test-clients: install  ## only the client tests: openai (Python, Node), LangChain, `seekserve chat`
+	$(BIN)/python -m pytest tests/clients
 
 lint: install
 	$(BIN)/ruff check .

@@ -1,9 +1,8 @@
-"""Command line: `seekserve serve | pull | models | keys`."""
+"""Command line: `seekserve serve | pull | models | keys | chat`."""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from seekserve.config import (
     parse_size_bytes,
     seekserve_home,
 )
+from seekserve.logging_setup import configure_logging
 
 _SERVE_EPILOG = """\
 config file (--config FILE, TOML; .yaml/.yml with PyYAML): several models, one engine each.
@@ -160,6 +160,12 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
         help="on SIGTERM, seconds the requests in flight may take to finish before exit",
     )
     p.add_argument("--log-level", default="info")
+    p.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="json: one JSON object per line (ts, level, logger, msg, request_id, ...)",
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -183,6 +189,8 @@ def _serve(args: argparse.Namespace) -> int:
         concurrency_limit=args.concurrency_limit,
         max_queued_requests=args.max_queued_requests,
         drain_timeout_s=args.drain_timeout,
+        load_in_background=True,  # listen at once: /health says "loading" until ready
+        exit_on_load_failure=True,  # ... and a model that cannot load ends the process
     )
     app = create_app(server_config, engine_configs)
     # SIGTERM: stop accepting, let requests in flight finish (bounded), then stop the engines
@@ -191,6 +199,8 @@ def _serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         log_level=args.log_level,
+        log_config=None,  # uvicorn's records go through our handler (text or JSON)
+        access_log=False,  # seekserve.access logs each request, with its id and tokens
         timeout_graceful_shutdown=server_config.drain_timeout_s,
     )
     return 0
@@ -343,6 +353,101 @@ def _add_keys_parser(sub: argparse._SubParsersAction) -> None:
     keys.set_defaults(func=_keys)
 
 
+_CHAT_EPILOG = """\
+in the chat:
+  /reset          forget the conversation (the --system message stays)
+  /exit, Ctrl-D   quit
+  /help           list these commands
+
+examples:
+  seekserve chat                                  # the server of `seekserve serve`
+  seekserve chat --url http://gpu-box:8000 --api-key sk-... --model-name deepseek-reasoner
+  seekserve chat --model smollm2-135m --system "Answer in one sentence."   # no server needed
+"""
+
+
+def _add_chat_parser(sub: argparse._SubParsersAction) -> None:
+    chat = sub.add_parser(
+        "chat",
+        help="talk to a model in the terminal (a running server, or --model in-process)",
+        description="An interactive chat. Each turn sends the whole conversation to\n"
+        "/chat/completions and streams the reply as it is generated; a thinking model's\n"
+        "reasoning is shown dimmed, before the answer.",
+        epilog=_CHAT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    chat.add_argument(
+        "--url",
+        default="http://127.0.0.1:8000",
+        help="base URL of a running SeekServe or DeepSeek-API server (default: %(default)s)",
+    )
+    chat.add_argument(
+        "--model",
+        default=None,
+        metavar="PATH_OR_NAME",
+        help="load this model in-process instead of using --url: GGUF file, Hugging Face "
+        "directory, catalogue name or repo id, as `serve --model`",
+    )
+    chat.add_argument(
+        "--model-name",
+        default="deepseek-chat",
+        help="the model field sent with each request (default: %(default)s)",
+    )
+    chat.add_argument("--api-key", default=None, help="bearer key, when the server wants one")
+    chat.add_argument("--system", default=None, metavar="TEXT", help="a system message")
+    chat.add_argument(
+        "--temperature", type=float, default=None, help="sampling temperature (server default)"
+    )
+    chat.add_argument(
+        "--max-tokens", type=int, default=None, help="most tokens per reply (server default)"
+    )
+    chat.add_argument(
+        "--verbose", action="store_true", help="show each reply's token usage after it"
+    )
+    chat.add_argument(
+        "--device", default="cpu", help="with --model: torch device (cpu, cuda) (default: cpu)"
+    )
+    chat.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="with --model: compute dtype, as `serve --dtype` (default: auto)",
+    )
+    chat.add_argument(
+        "--log-level", default="warning", help="log level of the in-process server (--model)"
+    )
+    chat.set_defaults(func=_chat)
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from seekserve.chat_repl import ChatOptions, local_server, run_repl
+
+    options = ChatOptions(
+        model=args.model_name,
+        system=args.system,
+        temperature=args.temperature,
+        max_tokens=args.max_tokens,
+        is_verbose=args.verbose,
+    )
+    if args.model is None:
+        return run_repl(args.url, options, api_key=args.api_key)
+    config = EngineConfig(
+        model=ModelConfig(
+            model=args.model,
+            served_model_name=args.model_name,
+            device=args.device,
+            dtype=args.dtype,
+        )
+    )
+    print(f"loading {args.model} ...", file=sys.stderr)
+    try:
+        with local_server(config, log_level=args.log_level) as base_url:
+            return run_repl(base_url, options)
+    except (RuntimeError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="seekserve",
@@ -370,15 +475,13 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list the models in the cache")
     models.set_defaults(func=_models)
     _add_keys_parser(sub)
+    _add_chat_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(args, "log_level", "info").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(getattr(args, "log_level", "info"), getattr(args, "log_format", "text"))
     return args.func(args)
 
 
