@@ -143,6 +143,9 @@ class GenerationRequest(_Wire):
 
 class ChatCompletionRequest(GenerationRequest):
     messages: list[Message]
+    # OpenAI's newer name for max_tokens (LangChain and the SDKs send it); not DeepSeek's,
+    # accepted as vLLM accepts it: max_tokens wins when both are given
+    max_completion_tokens: int | None = None
     response_format: ResponseFormat | None = None
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
@@ -193,6 +196,8 @@ class CompletionRequest(GenerationRequest):
 def parse_chat_request(body: bytes) -> ChatCompletionRequest:
     """Decode and validate the JSON body (passes 1 and 2 that need no model knowledge)."""
     request = _parse(body, ChatCompletionRequest)
+    if request.max_tokens is None and request.max_completion_tokens is not None:
+        request = request.model_copy(update={"max_tokens": request.max_completion_tokens})
     check_values(request)
     return request
 

@@ -11,6 +11,7 @@ import pytest
 from tests.api.helpers import (
     CHAT,
     MODEL,
+    assert_error,
     assert_still_serving,
     chat_body,
     engine_of,
@@ -340,3 +341,18 @@ def test_every_response_has_a_trace_id(client):
         client.get("/no-such-path"),
     ):
         assert re.fullmatch(r"[0-9a-f]{32}", response.headers["x-ds-trace-id"])
+
+
+def test_max_completion_tokens_is_an_alias_of_max_tokens(client):
+    """OpenAI's newer field (sent by LangChain's ChatOpenAI); max_tokens wins over it."""
+    body = chat_body(max_tokens=None, max_completion_tokens=3, ignore_eos=True)
+    del body["max_tokens"]
+    assert client.post(CHAT, json=body).json()["usage"]["completion_tokens"] == 3
+    both = chat_body(max_tokens=2, max_completion_tokens=5, ignore_eos=True)
+    assert client.post(CHAT, json=both).json()["usage"]["completion_tokens"] == 2
+    assert_error(
+        client.post(CHAT, json={**body, "max_completion_tokens": 0}),
+        400,
+        "Invalid max_tokens value, the valid range of max_tokens is [1, 8192]",
+        "max_tokens",
+    )
