@@ -22,6 +22,7 @@ import torch
 from gguf import GGMLQuantizationType, GGUFReader, ReaderTensor
 from gguf.quants import GGML_QUANT_SIZES, dequantize
 
+from seekserve.loader.progress import loading
 from seekserve.models.config import ModelArchConfig
 
 logger = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def load_gguf_weights(path: str | Path, dtype: torch.dtype) -> dict[str, torch.T
     for tensor in reader.tensors:
         _check_dequantizable(tensor)
     weights: dict[str, torch.Tensor] = {}
-    for tensor in reader.tensors:
+    for tensor in loading(reader.tensors, f"loading {Path(path).name}"):
         weight = torch.from_numpy(_dequantize(tensor))
         if config.architecture == "llama":
             weight = _unpermute_qk(tensor.name, weight, config)

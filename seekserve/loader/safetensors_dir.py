@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from seekserve.loader.progress import loading
 from seekserve.models.config import ModelArchConfig
 
 INDEX_FILENAME = "model.safetensors.index.json"
@@ -55,7 +56,7 @@ def load_safetensors_weights(model_dir: Path, dtype: torch.dtype) -> dict[str, t
     """Every tensor of the directory's weight files, cast to `dtype`. With an index, every
     tensor it lists must be found in the shard it names."""
     weights: dict[str, torch.Tensor] = {}
-    for file in weight_files(model_dir):
+    for file in loading(weight_files(model_dir), f"loading {model_dir.name}"):
         for name, tensor in load_file(str(file)).items():
             weights[name] = tensor.to(dtype)
     index_file = model_dir / INDEX_FILENAME
