@@ -21,4 +21,4 @@ def test_bar_only_on_a_terminal(monkeypatch):
     tty = _Tty()
     monkeypatch.setattr(sys, "stderr", tty)
     assert list(loading(range(3), "loading x")) == [0, 1, 2]
-    assert "loading x" in tty.getvalue() and "3/3" in tty.getvalue()
+    assert "loading x:" in tty.getvalue() and "/3 [" in tty.getvalue()
