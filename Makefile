@@ -37,7 +37,7 @@ format: install
 	$(BIN)/ruff check --fix .
 
 bench: install  ## SeekServe beside llama.cpp's server (see benchmarks/README.md)
-	$(BIN)/python benchmarks/serving.py
+	$(BIN)/seekserve bench compare
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from load import stream_one
-from serving import (
+
+from seekserve.bench.load import stream_one
+from seekserve.bench.serving import (
     DEFAULT_LLAMA_BIN,
     SERVED_NAME,
     Server,

@@ -1,4 +1,4 @@
-"""Command line: `seekserve serve | pull | models | keys | chat`."""
+"""Command line: `seekserve serve | pull | models | keys | chat | bench`."""
 
 from __future__ import annotations
 
@@ -448,6 +448,32 @@ def _chat(args: argparse.Namespace) -> int:
         return 1
 
 
+def _bench(args: argparse.Namespace) -> int:
+    if args.kind == "load":
+        from seekserve.bench.load import main as load_main
+
+        return load_main(args.rest)
+    from seekserve.bench.serving import main as compare_main
+
+    return compare_main(args.rest)
+
+
+def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
+    bench = sub.add_parser(
+        "bench",
+        help="measure a server: a load generator, or SeekServe beside llama.cpp's server",
+        description="`seekserve bench load --base-url URL ...`: closed-loop streaming load on "
+        "any OpenAI-compatible server (concurrency, fixed prompts, EOS ignored, warm-up, "
+        "repeats; median and range). `seekserve bench compare ...`: starts llama-server and "
+        "SeekServe on the same GGUF, one at a time, runs the same scenarios (c1, c4, c16, "
+        "c64, long-cold, long-warm) and prints a ratio table with peak RSS. Pass --help after "
+        "the kind for its options.",
+    )
+    bench.add_argument("kind", choices=["load", "compare"])
+    bench.add_argument("rest", nargs=argparse.REMAINDER, help="options of that command")
+    bench.set_defaults(func=_bench)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="seekserve",
@@ -475,6 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list the models in the cache")
     models.set_defaults(func=_models)
     _add_keys_parser(sub)
+    _add_bench_parser(sub)
     _add_chat_parser(sub)
     return parser
 
