@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -509,6 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(getattr(args, "log_level", "info"), getattr(args, "log_format", "text"))
+    # the HTTP clients (chat, bench, hub probes) would log every request at info
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     return args.func(args)
 
 
