@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seekserve.models.config import ModelArchConfig
+from seekserve.models.layers.causal_lm import CausalLM
 from seekserve.models.layers.moe import STACKED_PARAMS, GatedMLP, RouterConfig, SparseMoE
 from seekserve.models.layers.norm import RMSNorm
 from seekserve.models.layers.yarn import (
@@ -242,7 +243,7 @@ class DeepseekModel(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
 
-class DeepseekV3ForCausalLM(nn.Module):
+class DeepseekV3ForCausalLM(CausalLM):
     stacked_params = STACKED_PARAMS
 
     def __init__(self, cfg: ModelArchConfig) -> None:
@@ -251,22 +252,4 @@ class DeepseekV3ForCausalLM(nn.Module):
         self.settings = DeepseekSettings.from_hf_config(cfg.hf_config)
         self.model = DeepseekModel(cfg, self.settings)
         self.rotary = DeepseekRotary(cfg, self.settings)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        if cfg.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
-
-    @property
-    def attention_layers(self) -> list[MLAttention]:
-        return [layer.self_attn for layer in self.model.layers]
-
-    def forward(self, inputs: ModelInputs) -> torch.Tensor:
-        """Hidden states of every scheduled token: (T, hidden)."""
-        rope = self.rotary(inputs.positions)  # once per step, shared by all layers
-        x = self.model.embed_tokens(inputs.token_ids)
-        for layer in self.model.layers:
-            x = layer(x, inputs, rope)
-        return self.model.norm(x)
-
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(S, hidden) → (S, vocab) in fp32."""
-        return self.lm_head(hidden).float()
+        self.init_lm_head(cfg)

@@ -27,6 +27,7 @@ from seekserve.models.layers.attention import (
     layer_sliding_window,
     step_masks,
 )
+from seekserve.models.layers.causal_lm import CausalLM
 from seekserve.models.layers.norm import GemmaRMSNorm
 from seekserve.models.layers.rotary import RotaryEmbedding, linear_rope_factor
 from seekserve.models.llama import STACKED_PARAMS
@@ -77,7 +78,7 @@ class Gemma3Model(nn.Module):
         self.norm = GemmaRMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
 
-class Gemma3ForCausalLM(nn.Module):
+class Gemma3ForCausalLM(CausalLM):
     stacked_params = STACKED_PARAMS
 
     def __init__(self, cfg: ModelArchConfig) -> None:
@@ -98,13 +99,7 @@ class Gemma3ForCausalLM(nn.Module):
         self.rotary_local = RotaryEmbedding(
             cfg.head_dim, cfg.max_position_embeddings, cfg.rope_local_theta or cfg.rope_theta
         )
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        if cfg.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
-
-    @property
-    def attention_layers(self) -> list[QKNormAttention]:
-        return [layer.self_attn for layer in self.model.layers]
+        self.init_lm_head(cfg)
 
     def forward(self, inputs: ModelInputs) -> torch.Tensor:
         """Hidden states of every scheduled token: (T, hidden)."""

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seekserve.models.config import ModelArchConfig
+from seekserve.models.layers.causal_lm import CausalLM
 from seekserve.models.layers.norm import RMSNorm
 from seekserve.models.layers.rotary import RotaryEmbedding, apply_rotary
 from seekserve.runner.attention import paged_attention
@@ -86,7 +87,7 @@ class LlamaModel(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
 
-class LlamaForCausalLM(nn.Module):
+class LlamaForCausalLM(CausalLM):
     stacked_params = STACKED_PARAMS
 
     def __init__(self, cfg: ModelArchConfig) -> None:
@@ -94,22 +95,4 @@ class LlamaForCausalLM(nn.Module):
         self.config = cfg
         self.model = LlamaModel(cfg)
         self.rotary = RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        if cfg.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
-
-    @property
-    def attention_layers(self) -> list[LlamaAttention]:
-        return [layer.self_attn for layer in self.model.layers]
-
-    def forward(self, inputs: ModelInputs) -> torch.Tensor:
-        """Hidden states of every scheduled token: (T, hidden)."""
-        rope = self.rotary(inputs.positions)  # once per step, shared by all layers
-        x = self.model.embed_tokens(inputs.token_ids)
-        for layer in self.model.layers:
-            x = layer(x, inputs, rope)
-        return self.model.norm(x)
-
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(S, hidden) → (S, vocab) in fp32."""
-        return self.lm_head(hidden).float()
+        self.init_lm_head(cfg)

@@ -19,6 +19,7 @@ from seekserve.models.layers.attention import (
     layer_sliding_window,
     step_masks,
 )
+from seekserve.models.layers.causal_lm import CausalLM
 from seekserve.models.layers.norm import RMSNorm
 from seekserve.models.layers.rotary import RotaryEmbedding, linear_rope_factor
 from seekserve.models.llama import STACKED_PARAMS, LlamaMLP
@@ -52,7 +53,7 @@ class Qwen3Model(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
 
-class Qwen3ForCausalLM(nn.Module):
+class Qwen3ForCausalLM(CausalLM):
     stacked_params = STACKED_PARAMS
 
     def __init__(self, cfg: ModelArchConfig) -> None:
@@ -65,13 +66,7 @@ class Qwen3ForCausalLM(nn.Module):
             cfg.rope_theta,
             linear_rope_factor(cfg.rope_scaling_type, cfg.rope_scaling_factor),
         )
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        if cfg.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
-
-    @property
-    def attention_layers(self) -> list[QKNormAttention]:
-        return [layer.self_attn for layer in self.model.layers]
+        self.init_lm_head(cfg)
 
     def forward(self, inputs: ModelInputs) -> torch.Tensor:
         """Hidden states of every scheduled token: (T, hidden)."""
@@ -81,7 +76,3 @@ class Qwen3ForCausalLM(nn.Module):
         for layer in self.model.layers:
             x = layer(x, inputs, rope, masks)
         return self.model.norm(x)
-
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(S, hidden) → (S, vocab) in fp32."""
-        return self.lm_head(hidden).float()
