@@ -58,10 +58,9 @@ class Accounts:
         if key is None:
             return _nothing
         record = getattr(request.state, "key_record", None)
-        if record is not None and self.billing and self.ledger is not None:
-            fresh = self.ledger.key(record.id)
-            if fresh is None or fresh.total_nano <= 0:
-                raise InsufficientBalance()
+        # a ledger key's record was read by this request's authentication: no second read
+        if record is not None and self.billing and record.total_nano <= 0:
+            raise InsufficientBalance()
         limit = self.concurrency_limit
         if record is not None and record.concurrency_limit is not None:
             limit = record.concurrency_limit
@@ -104,16 +103,15 @@ class Accounts:
         record = getattr(request.state, "key_record", None)
         if record is None or self.ledger is None:  # no ledger: nothing is charged
             return {"is_available": True, "balance_infos": []}
-        fresh = self.ledger.key(record.id) or record
-        available = fresh.total_nano > 0 or not self.billing
+        available = record.total_nano > 0 or not self.billing
         return {
             "is_available": available,
             "balance_infos": [
                 {
                     "currency": "USD",
-                    "total_balance": nano_to_usd_text(fresh.total_nano),
-                    "granted_balance": nano_to_usd_text(fresh.granted_nano),
-                    "topped_up_balance": nano_to_usd_text(fresh.topped_up_nano),
+                    "total_balance": nano_to_usd_text(record.total_nano),
+                    "granted_balance": nano_to_usd_text(record.granted_nano),
+                    "topped_up_balance": nano_to_usd_text(record.topped_up_nano),
                 }
             ],
         }

@@ -126,7 +126,7 @@ class AsyncEngine:
                 outputs = engine.step()
             except Exception:  # one bad step must not kill the server
                 logger.exception("engine step failed; failing the requests of this step")
-                outputs = self._fail_all(engine, "internal error in the engine step")
+                outputs = engine.fail_requests(list(engine.scheduler.requests))
             for output in outputs:
                 self._publish(output)
 
@@ -151,16 +151,6 @@ class AsyncEngine:
                 self._publish(EngineOutput(request_id, [], "abort", 0, error=str(exc)))
         elif kind == "abort":
             engine.abort_request(request_id=payload)
-
-    def _fail_all(self, engine: Engine, message: str) -> list[EngineOutput]:
-        failed = []
-        for request_id in list(engine.scheduler.requests):
-            output = engine.abort_request(request_id)
-            if output is not None:
-                failed.append(
-                    EngineOutput(request_id, [], "abort", output.num_prompt_tokens, error=message)
-                )
-        return failed
 
     def _publish(self, output: EngineOutput) -> None:
         assert self._loop is not None

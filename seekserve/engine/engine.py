@@ -192,14 +192,15 @@ class Engine:
                 "model step failed; failing the %d requests of this step",
                 len(scheduler_output.scheduled),
             )
-            return self._fail([s.request_id for s in scheduler_output.scheduled])
+            return self.fail_requests([s.request_id for s in scheduler_output.scheduled])
         outputs = self.scheduler.update(scheduler_output, sampled, logprobs)
         self._write_behind()
         return outputs
 
-    def _fail(
+    def fail_requests(
         self, request_ids: list[str], message: str = "internal error in the engine step"
     ) -> list[EngineOutput]:
+        """Abort these requests (blocks freed); their outputs carry `message` as the error."""
         failed = []
         for request_id in request_ids:
             output = self.abort_request(request_id)

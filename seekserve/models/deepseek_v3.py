@@ -30,7 +30,8 @@ from torch import nn
 
 from seekserve.models.config import ModelArchConfig
 from seekserve.models.layers.causal_lm import CausalLM
-from seekserve.models.layers.moe import STACKED_PARAMS, GatedMLP, RouterConfig, SparseMoE
+from seekserve.models.layers.mlp import GatedMLP
+from seekserve.models.layers.moe import STACKED_PARAMS, RouterConfig, SparseMoE
 from seekserve.models.layers.norm import RMSNorm
 from seekserve.models.layers.yarn import (
     rope_parameters,

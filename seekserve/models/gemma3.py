@@ -16,7 +16,6 @@ Differences from Llama, all from Hugging Face's modeling_gemma3.py:
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from seekserve.models.config import ModelArchConfig
@@ -28,21 +27,11 @@ from seekserve.models.layers.attention import (
     step_masks,
 )
 from seekserve.models.layers.causal_lm import CausalLM
+from seekserve.models.layers.mlp import GatedMLP, gelu_tanh
 from seekserve.models.layers.norm import GemmaRMSNorm
 from seekserve.models.layers.rotary import RotaryEmbedding, linear_rope_factor
 from seekserve.models.llama import STACKED_PARAMS
 from seekserve.runner.inputs import ModelInputs
-
-
-class Gemma3MLP(nn.Module):
-    def __init__(self, cfg: ModelArchConfig) -> None:
-        super().__init__()
-        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.gelu(gate, approximate="tanh") * up)
 
 
 class Gemma3DecoderLayer(nn.Module):
@@ -53,7 +42,7 @@ class Gemma3DecoderLayer(nn.Module):
         self.self_attn = QKNormAttention(
             cfg, GemmaRMSNorm, scale, window, cfg.attn_logit_softcapping
         )
-        self.mlp = Gemma3MLP(cfg)
+        self.mlp = GatedMLP(cfg.hidden_size, cfg.intermediate_size, gelu_tanh)
         self.input_layernorm = GemmaRMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = GemmaRMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.pre_feedforward_layernorm = GemmaRMSNorm(cfg.hidden_size, cfg.rms_norm_eps)

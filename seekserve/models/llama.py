@@ -9,11 +9,11 @@ the flat batch of all scheduled tokens of all requests at once: (T, hidden).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from seekserve.models.config import ModelArchConfig
 from seekserve.models.layers.causal_lm import CausalLM
+from seekserve.models.layers.mlp import GatedMLP
 from seekserve.models.layers.norm import RMSNorm
 from seekserve.models.layers.rotary import RotaryEmbedding, apply_rotary
 from seekserve.runner.attention import paged_attention
@@ -55,24 +55,13 @@ class LlamaAttention(nn.Module):
         return self.o_proj(out.reshape(num_tokens, -1))
 
 
-class LlamaMLP(nn.Module):
-    def __init__(self, cfg: ModelArchConfig) -> None:
-        super().__init__()
-        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
-
-
 class LlamaDecoderLayer(nn.Module):
     def __init__(self, cfg: ModelArchConfig) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.self_attn = LlamaAttention(cfg)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = LlamaMLP(cfg)
+        self.mlp = GatedMLP(cfg.hidden_size, cfg.intermediate_size)
 
     def forward(self, x: torch.Tensor, inputs: ModelInputs, rope: Rope) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), inputs, rope)

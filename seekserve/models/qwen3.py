@@ -20,9 +20,10 @@ from seekserve.models.layers.attention import (
     step_masks,
 )
 from seekserve.models.layers.causal_lm import CausalLM
+from seekserve.models.layers.mlp import GatedMLP
 from seekserve.models.layers.norm import RMSNorm
 from seekserve.models.layers.rotary import RotaryEmbedding, linear_rope_factor
-from seekserve.models.llama import STACKED_PARAMS, LlamaMLP
+from seekserve.models.llama import STACKED_PARAMS
 from seekserve.runner.inputs import ModelInputs
 
 
@@ -34,7 +35,7 @@ class Qwen3DecoderLayer(nn.Module):
             cfg, RMSNorm, cfg.head_dim**-0.5, layer_sliding_window(cfg, layer_index)
         )
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = LlamaMLP(cfg)
+        self.mlp = GatedMLP(cfg.hidden_size, cfg.intermediate_size)
 
     def forward(
         self, x: torch.Tensor, inputs: ModelInputs, rope: Rope, masks: StepMasks

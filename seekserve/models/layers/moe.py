@@ -14,21 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seekserve.models.layers.mlp import GatedMLP
+
 # our fused parameter → the checkpoint parameters it concatenates, in order (dim 0)
 STACKED_PARAMS = {"gate_up_proj": ("gate_proj", "up_proj")}
-
-
-class GatedMLP(nn.Module):
-    """down(silu(gate(x)) * up(x)), gate and up in one matmul."""
-
-    def __init__(self, hidden_size: int, intermediate_size: int) -> None:
-        super().__init__()
-        self.gate_up_proj = nn.Linear(hidden_size, 2 * intermediate_size, bias=False)
-        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
 
 
 @dataclass(frozen=True, slots=True)
