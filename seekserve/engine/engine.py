@@ -119,6 +119,11 @@ class Engine:
             from seekserve.models.layers.quant import quantize_linears_int8
 
             logger.info("int8 weight-only: %d linear layers", quantize_linears_int8(model))
+        else:
+            from seekserve.models.layers.linear import pack_linears
+
+            if packed := pack_linears(model):
+                logger.info("%d linear layers prepacked for oneDNN", packed)
         return cls(config, model, arch, dtype, eos_token_ids, model_fingerprint(path), grammars)
 
     # -- requests ------------------------------------------------------------------------

@@ -131,8 +131,9 @@ class DeepseekRotary(nn.Module):
         self.register_buffer("cos", freqs.cos() * attention_factor, persistent=False)
         self.register_buffer("sin", freqs.sin() * attention_factor, persistent=False)
 
-    def forward(self, positions: torch.Tensor) -> Rope:
-        """cos, sin for every token: (T, 1, qk_rope_head_dim / 2) fp32."""
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype = torch.float32) -> Rope:  # noqa: ARG002
+        """cos, sin for every token: (T, 1, qk_rope_head_dim / 2) fp32 whatever `dtype`
+        (`apply_rope` rotates in fp32)."""
         return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
 
 

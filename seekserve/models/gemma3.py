@@ -93,12 +93,13 @@ class Gemma3ForCausalLM(CausalLM):
     def forward(self, inputs: ModelInputs) -> torch.Tensor:
         """Hidden states of every scheduled token: (T, hidden)."""
         # once per step, shared by all layers of a kind
-        ropes = {False: self.rotary(inputs.positions)}
+        embed = self.model.embed_tokens
+        dtype = embed.weight.dtype
+        ropes = {False: self.rotary(inputs.positions, dtype)}
         windows = {a.sliding_window for a in self.attention_layers}
         if windows != {None}:
-            ropes[True] = self.rotary_local(inputs.positions)
+            ropes[True] = self.rotary_local(inputs.positions, dtype)
         masks = step_masks(inputs, windows)
-        embed = self.model.embed_tokens
         # sqrt(hidden_size) rounded to the embedding dtype first, as the reference does
         scale = float(torch.tensor(self.config.hidden_size**0.5, dtype=embed.weight.dtype))
         x = embed(inputs.token_ids) * scale

@@ -15,7 +15,7 @@ from seekserve.models.config import ModelArchConfig
 from seekserve.models.layers.causal_lm import CausalLM
 from seekserve.models.layers.mlp import GatedMLP
 from seekserve.models.layers.norm import RMSNorm
-from seekserve.models.layers.rotary import RotaryEmbedding, apply_rotary
+from seekserve.models.layers.rotary import RotaryEmbedding, rotate
 from seekserve.runner.attention import paged_attention
 from seekserve.runner.inputs import ModelInputs
 
@@ -46,11 +46,11 @@ class LlamaAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, inputs: ModelInputs, rope: Rope) -> torch.Tensor:
         num_tokens = x.shape[0]
-        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.view(num_tokens, self.num_heads, self.head_dim)
-        k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
+        qk, v = self.qkv_proj(x).split([self.q_size + self.kv_size, self.kv_size], dim=-1)
+        # q and k heads side by side: one rotary call for both
+        qk = rotate(qk.view(num_tokens, self.num_heads + self.num_kv_heads, self.head_dim), rope)
+        q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
-        q, k = apply_rotary(q, k, rope)
         out = paged_attention(q, k, v, self.kv_cache, inputs, self.scale)  # (T, H, D)
         return self.o_proj(out.reshape(num_tokens, -1))
 

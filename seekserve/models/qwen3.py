@@ -71,9 +71,9 @@ class Qwen3ForCausalLM(CausalLM):
 
     def forward(self, inputs: ModelInputs) -> torch.Tensor:
         """Hidden states of every scheduled token: (T, hidden)."""
-        rope = self.rotary(inputs.positions)  # once per step, shared by all layers
-        masks = step_masks(inputs, {a.sliding_window for a in self.attention_layers})
         x = self.model.embed_tokens(inputs.token_ids)
+        rope = self.rotary(inputs.positions, x.dtype)  # once per step, shared by all layers
+        masks = step_masks(inputs, {a.sliding_window for a in self.attention_layers})
         for layer in self.model.layers:
             x = layer(x, inputs, rope, masks)
         return self.model.norm(x)

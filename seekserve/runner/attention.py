@@ -1,10 +1,18 @@
 """Paged attention, reference backend in plain PyTorch (CPU and CUDA).
 
-Per layer: write this step's K/V into the cache slots, then for each attention group gather
-the requests' K/V from their blocks into a padded batch and run one
-`scaled_dot_product_attention` call with the group's mask (GQA without repeating K/V).
-A sliding-window layer passes the step's narrowed masks instead; a layer with attention
-logit softcapping (which SDPA cannot express) takes the plain softmax(QKᵀ)V path.
+Per layer: write this step's K/V into the cache slots, then per attention group one
+`scaled_dot_product_attention` call (GQA without repeating K/V):
+
+* decode group: the queries are the group's first B flat tokens as they are; the requests'
+  K/V are gathered block by block (one index op for K and V together) into (B, max_kv);
+* a prefill from position 0 of a single request (`causal`): the chunk's own K/V, a plain
+  causal mask, no gather (SDPA's causal kernel also skips the masked half);
+* any other prefill group: queries padded through `q_index`, K/V gathered by blocks, the
+  group's mask.
+
+The mask goes in as the additive bias `ModelInputs.to` made once per step. A sliding-window
+layer passes the step's narrowed masks instead; a layer with attention logit softcapping
+(which SDPA cannot express) takes the plain softmax(QKᵀ)V path.
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from seekserve.runner.inputs import ModelInputs
+from seekserve.runner.inputs import AttentionGroup, ModelInputs
 
 
 def write_kv(
@@ -22,6 +30,14 @@ def write_kv(
     flat = kv_cache.view(2, -1, *kv_cache.shape[-2:])  # (2, num_slots, Hkv, D)
     flat[0].index_copy_(0, slot_mapping, k)
     flat[1].index_copy_(0, slot_mapping, v)
+
+
+def gather_kv(kv_cache: torch.Tensor, group: AttentionGroup) -> tuple[torch.Tensor, torch.Tensor]:
+    """The group's K and V: (B, Hkv, max_kv, D) each (views of one gathered copy)."""
+    batch, max_blocks = group.block_table.shape
+    blocks = kv_cache[:, group.block_table]  # (2, B, max_blocks, block_size, Hkv, D)
+    kv = blocks.view(2, batch, max_blocks * kv_cache.shape[2], *kv_cache.shape[-2:])
+    return kv[0].transpose(1, 2), kv[1].transpose(1, 2)
 
 
 def paged_attention(
@@ -39,23 +55,39 @@ def paged_attention(
     masks: one per group replacing the groups' causal masks (`sliding_window_masks`);
     softcap: scores become softcap * tanh(scores / softcap) before the mask and softmax."""
     write_kv(kv_cache, k, v, inputs.slot_mapping)
-    flat = kv_cache.view(2, -1, *kv_cache.shape[-2:])
     out = torch.empty_like(q)
     for index, group in enumerate(inputs.groups):
-        mask = group.mask if masks is None else masks[index]
-        k_g = flat[0][group.kv_index].transpose(1, 2)  # (B, Hkv, max_kv, D)
-        v_g = flat[1][group.kv_index].transpose(1, 2)
-        q_g = q[group.q_index].transpose(1, 2)  # (B, H, max_q, D)
+        start, stop = group.token_start, group.token_start + group.num_tokens
+        if masks is None and softcap is None and group.causal:
+            o_g = F.scaled_dot_product_attention(
+                q[start:stop].transpose(0, 1).unsqueeze(0),  # (1, H, n, D)
+                k[start:stop].transpose(0, 1).unsqueeze(0),
+                v[start:stop].transpose(0, 1).unsqueeze(0),
+                is_causal=True,
+                scale=scale,
+                enable_gqa=True,
+            )  # (1, H, n, D)
+            out[start:stop] = o_g[0].transpose(0, 1)
+            continue
+        if masks is not None:
+            mask = masks[index]
+        else:
+            mask = group.mask if group.bias is None else group.bias
+        k_g, v_g = gather_kv(kv_cache, group)  # (B, Hkv, max_kv, D)
+        if group.is_decode:
+            q_g = q[start:stop].unsqueeze(2)  # (B, H, 1, D)
+        else:
+            q_g = q[group.q_index].transpose(1, 2)  # (B, H, max_q, D)
         if softcap is None:
             o_g = F.scaled_dot_product_attention(
                 q_g, k_g, v_g, attn_mask=mask, scale=scale, enable_gqa=True
             )  # (B, H, max_q, D)
         else:
             o_g = _softcapped_attention(q_g, k_g, v_g, mask, scale, softcap)
-        o_g = o_g.transpose(1, 2)  # (B, max_q, H, D)
         if group.is_decode:
-            out[group.token_start : group.token_start + group.num_tokens] = o_g[:, 0]
+            out[start:stop] = o_g[:, :, 0]
         else:
+            o_g = o_g.transpose(1, 2)  # (B, max_q, H, D)
             out[group.q_index[group.q_valid]] = o_g[group.q_valid]
     return out
 
@@ -68,12 +100,15 @@ def _softcapped_attention(
     scale: float,
     softcap: float,
 ) -> torch.Tensor:
-    """q: (B, H, max_q, D); k, v: (B, Hkv, max_kv, D); mask: (B, 1, max_q, max_kv).
-    Softmax in fp32, as the reference implementations do. Returns (B, H, max_q, D)."""
+    """q: (B, H, max_q, D); k, v: (B, Hkv, max_kv, D); mask: (B, 1, max_q, max_kv), bool or
+    additive. Softmax in fp32, as the reference implementations do. Returns (B, H, max_q, D)."""
     num_repeats = q.shape[1] // k.shape[1]
     k = k.repeat_interleave(num_repeats, dim=1)  # (B, H, max_kv, D)
     v = v.repeat_interleave(num_repeats, dim=1)
     scores = (q @ k.transpose(-1, -2)) * scale  # (B, H, max_q, max_kv)
     scores = torch.tanh(scores / softcap) * softcap
-    scores = scores.masked_fill(~mask, float("-inf"))
+    if mask.dtype == torch.bool:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    else:
+        scores = scores + mask
     return torch.softmax(scores.float(), dim=-1).to(q.dtype) @ v

@@ -8,9 +8,11 @@ makes at most two attention calls per layer, however many requests it holds:
     group "prefill": requests with >1 new tokens   q: (B, max_q)   kv: (B, max_kv)
 
 Padding is indexed away: `q_index` maps (b, i) to a flat token (padding reads token 0 and
-its output is dropped) and `kv_index` maps (b, j) to a cache slot; `mask` allows query i of
-request b to see kv j when j <= its position and j < the request's length. Sliding-window
-layers narrow it once per step with `sliding_window_masks`.
+its output is dropped) and `block_table` names the cache blocks of request b, so kv position
+j is slot block_table[b, j // block_size] * block_size + j % block_size (max_kv is a whole
+number of blocks; the attention gathers whole blocks); `mask` allows query i of request b to
+see kv j when j <= its position and j < the request's length. Sliding-window layers narrow it
+once per step with `sliding_window_masks`.
 """
 
 from __future__ import annotations
@@ -31,11 +33,27 @@ class AttentionGroup:
     """(B, max_q) int64: flat token index of each padded query (padding → token_start)."""
     q_valid: torch.Tensor
     """(B, max_q) bool: which padded queries are real."""
-    kv_index: torch.Tensor
-    """(B, max_kv) int64: cache slot of each kv position (padding → slot 0)."""
+    block_table: torch.Tensor
+    """(B, max_blocks) int64: the cache blocks of each request (padding → block 0); kv
+    position j of request b lives in block block_table[b, j // block_size]."""
     mask: torch.Tensor
-    """(B, 1, max_q, max_kv) bool: True where attention is allowed."""
+    """(B, 1, max_q, max_kv) bool, max_kv = max_blocks * block_size: True where attention is
+    allowed."""
     is_decode: bool
+    causal: bool
+    """One request computing its tokens from position 0: the chunk's own K/V are all it
+    attends to, with a plain causal mask (no gather, no padding)."""
+    bias: torch.Tensor | None = None
+    """`mask` as an additive bias (0 / -inf) in the compute dtype, made by `ModelInputs.to`:
+    SDPA adds it instead of converting the bool mask in every layer."""
+
+    @property
+    def kv_index(self) -> torch.Tensor:
+        """(B, max_kv) int64: cache slot of each kv position (padding → block 0's slots)."""
+        batch, max_blocks = self.block_table.shape
+        block_size = self.mask.shape[-1] // max_blocks
+        offsets = torch.arange(block_size, device=self.block_table.device)
+        return (self.block_table.unsqueeze(-1) * block_size + offsets).view(batch, -1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,11 +70,18 @@ class ModelInputs:
     sample_request_ids: list[str]
     """Request id of each row of the logits, in the same order."""
 
-    def to(self, device: torch.device) -> ModelInputs:
-        """Copy to the device (non-blocking; the source is plain CPU memory)."""
+    def to(self, device: torch.device, dtype: torch.dtype | None = None) -> ModelInputs:
+        """Copy to the device (non-blocking; the source is plain CPU memory); with `dtype`,
+        each group also gets its mask as an additive bias in that dtype."""
 
         def move(t: torch.Tensor) -> torch.Tensor:
             return t.to(device, non_blocking=True)
+
+        def bias(mask: torch.Tensor) -> torch.Tensor | None:
+            if dtype is None:
+                return None
+            zeros = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+            return zeros.masked_fill_(~mask, float("-inf"))
 
         return ModelInputs(
             token_ids=move(self.token_ids),
@@ -68,9 +93,11 @@ class ModelInputs:
                     g.num_tokens,
                     move(g.q_index),
                     move(g.q_valid),
-                    move(g.kv_index),
-                    move(g.mask),
+                    move(g.block_table),
+                    mask := move(g.mask),
                     g.is_decode,
+                    g.causal,
+                    bias(mask),
                 )
                 for g in self.groups
             ],
@@ -86,31 +113,34 @@ def _slots(block_ids: list[int], start: int, stop: int, block_size: int) -> list
 def _build_group(
     chunks: list[tuple[int, int, int, list[int]]], token_start: int, block_size: int
 ) -> AttentionGroup:
-    """chunks: (flat_start, start_position, num_new_tokens, block_ids) per request."""
-    batch = len(chunks)
+    """chunks: (flat_start, start_position, num_new_tokens, block_ids) per request. Python
+    lists first, one tensor each at the end: the cost grows with blocks, not tokens."""
     max_q = max(n for _, _, n, _ in chunks)
-    max_kv = max(pos + n for _, pos, n, _ in chunks)
-    q_index = torch.full((batch, max_q), token_start, dtype=torch.int64)
-    q_valid = torch.zeros((batch, max_q), dtype=torch.bool)
-    kv_index = torch.zeros((batch, max_kv), dtype=torch.int64)
-    q_pos = torch.zeros((batch, max_q), dtype=torch.int64)  # padding attends to kv 0 only
-    kv_len = torch.zeros((batch, 1), dtype=torch.int64)
-    for b, (flat_start, pos, n, block_ids) in enumerate(chunks):
-        q_index[b, :n] = torch.arange(flat_start, flat_start + n)
-        q_valid[b, :n] = True
-        q_pos[b, :n] = torch.arange(pos, pos + n)
-        kv_index[b, : pos + n] = torch.tensor(_slots(block_ids, 0, pos + n, block_size))
-        kv_len[b] = pos + n
-    kv_pos = torch.arange(max_kv).view(1, 1, max_kv)
-    mask = (kv_pos <= q_pos.unsqueeze(-1)) & (kv_pos < kv_len.unsqueeze(-1))
+    max_blocks = max(-(-(pos + n) // block_size) for _, pos, n, _ in chunks)
+    q_index, q_pos, kv_len, block_table = [], [], [], []
+    for flat_start, pos, n, block_ids in chunks:
+        padding = max_q - n
+        q_index.append([*range(flat_start, flat_start + n), *[token_start] * padding])
+        q_pos.append([*range(pos, pos + n), *[0] * padding])  # padding attends to kv 0 only
+        kv_len.append(pos + n)
+        blocks = block_ids[: -(-(pos + n) // block_size)]
+        block_table.append(blocks + [0] * (max_blocks - len(blocks)))
+    q_pos_t = torch.tensor(q_pos, dtype=torch.int64)  # (B, max_q)
+    kv_len_t = torch.tensor(kv_len, dtype=torch.int64).view(-1, 1, 1)
+    kv_pos = torch.arange(max_blocks * block_size).view(1, 1, -1)
+    mask = (kv_pos <= q_pos_t.unsqueeze(-1)) & (kv_pos < kv_len_t)
+    q_valid = torch.arange(max_q).view(1, -1) < torch.tensor([n for _, _, n, _ in chunks]).view(
+        -1, 1
+    )
     return AttentionGroup(
         token_start=token_start,
         num_tokens=sum(n for _, _, n, _ in chunks),
-        q_index=q_index,
+        q_index=torch.tensor(q_index, dtype=torch.int64),
         q_valid=q_valid,
-        kv_index=kv_index,
+        block_table=torch.tensor(block_table, dtype=torch.int64),
         mask=mask.unsqueeze(1),
         is_decode=max_q == 1,
+        causal=max_q > 1 and len(chunks) == 1 and chunks[0][1] == 0,
     )
 
 

@@ -73,7 +73,7 @@ class ModelRunner:
     @torch.inference_mode()
     def compute_logits(self, output: SchedulerOutput) -> tuple[list[str], torch.Tensor]:
         """One forward pass; logits (S, vocab) fp32 for the requests that sample."""
-        inputs = prepare_inputs(output, self.block_size).to(self.device)
+        inputs = prepare_inputs(output, self.block_size).to(self.device, self.kv_cache.dtype)
         hidden = self.model(inputs)
         logits = self.model.compute_logits(hidden[inputs.logits_indices])
         return inputs.sample_request_ids, logits

@@ -29,19 +29,40 @@ def test_mixed_step_layout():
     decode, prefill = inputs.groups
     assert decode.is_decode and (decode.token_start, decode.num_tokens) == (0, 1)
     assert decode.q_index.tolist() == [[0]]
-    assert decode.kv_index.tolist() == [[12, 13, 14, 15, 32, 33]]
-    assert decode.mask[0, 0].tolist() == [[True] * 6]
+    assert decode.block_table.tolist() == [[3, 8]]
+    # whole blocks: positions 6, 7 of block 8 are padding, masked
+    assert decode.kv_index.tolist() == [[12, 13, 14, 15, 32, 33, 34, 35]]
+    assert decode.mask[0, 0].tolist() == [[True] * 6 + [False] * 2]
+    assert not decode.causal
 
     assert not prefill.is_decode and (prefill.token_start, prefill.num_tokens) == (1, 5)
     assert prefill.q_index.tolist() == [[1, 2, 3], [4, 5, 1]]  # padding → group start
     assert prefill.q_valid.tolist() == [[True, True, True], [True, True, False]]
-    assert prefill.kv_index.tolist() == [[4, 5, 6, 0, 0, 0], [0, 1, 2, 3, 24, 25]]
+    assert prefill.block_table.tolist() == [[1, 0], [0, 6]]  # padding → block 0
+    assert prefill.kv_index.tolist() == [[4, 5, 6, 7, 0, 1, 2, 3], [0, 1, 2, 3, 24, 25, 26, 27]]
     t, f = True, False
     assert prefill.mask[:, 0].tolist() == [
-        [[t, f, f, f, f, f], [t, t, f, f, f, f], [t, t, t, f, f, f]],
-        [[t, t, t, t, t, f], [t, t, t, t, t, t], [t, f, f, f, f, f]],  # padded row: kv 0
+        [[t, f, f, f, f, f, f, f], [t, t, f, f, f, f, f, f], [t, t, t, f, f, f, f, f]],
+        # padded row: kv 0
+        [[t, t, t, t, t, f, f, f], [t, t, t, t, t, t, f, f], [t, f, f, f, f, f, f, f]],
     ]
-    assert prefill.mask.dtype == torch.bool
+    assert prefill.mask.dtype == torch.bool and not prefill.causal
+
+
+def test_a_lone_prefill_from_position_zero_is_causal_and_gets_a_bias():
+    out = SchedulerOutput([ScheduledRequest("p", [10, 11, 12], 0, [5], True)], [])
+    (group,) = prepare_inputs(out, block_size=4).to(torch.device("cpu"), torch.bfloat16).groups
+    assert group.causal and not group.is_decode
+    inf = float("-inf")
+    assert group.bias.dtype == torch.bfloat16
+    assert group.bias[0, 0].tolist() == [
+        [0.0, inf, inf, inf],
+        [0.0, 0.0, inf, inf],
+        [0.0, 0.0, 0.0, inf],
+    ]
+    # the same chunk after a cached prefix, or beside another prefill, is not
+    out = SchedulerOutput([ScheduledRequest("p", [10, 11], 4, [5, 6], True)], [])
+    assert not prepare_inputs(out, block_size=4).groups[0].causal
 
 
 def test_sliding_window_masks_keep_the_last_positions_and_padding_rows():
@@ -55,11 +76,11 @@ def test_sliding_window_masks_keep_the_last_positions_and_padding_rows():
     )
     inputs = prepare_inputs(out, block_size=4)
     decode, prefill = sliding_window_masks(inputs, window=3)
-    # the decode at position 5 sees positions 3, 4, 5
-    assert decode[0, 0].tolist() == [[False, False, False, True, True, True]]
     t, f = True, False
+    # the decode at position 5 sees positions 3, 4, 5
+    assert decode[0, 0].tolist() == [[f, f, f, t, t, t, f, f]]
     assert prefill[:, 0].tolist() == [
-        [[t, f, f, f, f, f], [t, t, f, f, f, f], [t, t, t, f, f, f]],
+        [[t, f, f, f, f, f, f, f], [t, t, f, f, f, f, f, f], [t, t, t, f, f, f, f, f]],
         # positions 4, 5 see (1..4], (2..5]; the padding query keeps its mask (kv 0)
-        [[f, f, t, t, t, f], [f, f, f, t, t, t], [t, f, f, f, f, f]],
+        [[f, f, t, t, t, f, f, f], [f, f, f, t, t, t, f, f], [t, f, f, f, f, f, f, f]],
     ]

@@ -27,8 +27,8 @@ class CausalLM(nn.Module):
 
     def forward(self, inputs: ModelInputs) -> torch.Tensor:
         """Hidden states of every scheduled token: (T, hidden)."""
-        rope = self.rotary(inputs.positions)  # once per step, shared by all layers
         x = self.model.embed_tokens(inputs.token_ids)
+        rope = self.rotary(inputs.positions, x.dtype)  # once per step, shared by all layers
         for layer in self.model.layers:
             x = layer(x, inputs, rope)
         return self.model.norm(x)

@@ -25,25 +25,31 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", emb.cos(), persistent=False)
         self.register_buffer("sin", emb.sin(), persistent=False)
 
-    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin for every token: (T, 1, D) fp32. Computed once per step, used by every
-        layer through `apply_rotary`."""
-        return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
+    def forward(
+        self, positions: torch.Tensor, dtype: torch.dtype = torch.float32
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin for every token: (T, 1, D), computed in fp32 and cast to `dtype` (the
+        compute dtype, as transformers casts them). Once per step, used by every layer
+        through `apply_rotary`."""
+        cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
+        return cos.to(dtype), sin.to(dtype)
 
 
 def apply_rotary(
     q: torch.Tensor, k: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """q: (T, H, D), k: (T, Hkv, D); rope: the (cos, sin) of `RotaryEmbedding.forward`."""
+    return rotate(q, rope), rotate(k, rope)
+
+
+def rotate(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """x: (T, heads, D) → rotated, a new tensor; the arithmetic of transformers'
+    `apply_rotary_pos_emb` (x * cos + rotate_half(x) * sin) in the dtype of cos and sin.
+    A layer rotates its q and k heads in one call when they are adjacent in its qkv output."""
     cos, sin = rope
-    return _apply(q, cos, sin), _apply(k, cos, sin)
-
-
-def _apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    x32 = x.float()
     half = x.shape[-1] // 2
-    rotated = torch.cat((-x32[..., half:], x32[..., :half]), dim=-1)
-    return (x32 * cos + rotated * sin).to(x.dtype)
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
 
 
 def linear_rope_factor(scaling_type: str, factor: float) -> float:
