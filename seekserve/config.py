@@ -224,6 +224,9 @@ class EngineConfig:
     """Seed of the sampling generator."""
     num_threads: int | None = None
     """torch intra-op threads; default: torch's choice (`SEEKSERVE_NUM_THREADS` overrides)."""
+    cpu_kernels: bool | None = None
+    """Use SeekServe's compiled CPU kernels (`runner/cpu_kernels.py`) on a CPU device; None:
+    yes unless `SEEKSERVE_CPU_KERNELS=0`."""
     memory_budget_bytes: int | None = None
     """Most memory this model may take on its device: weights plus KV pool; None: unchecked.
     A model over it fails at start (`check_memory_budget`)."""
@@ -241,6 +244,12 @@ class EngineConfig:
             f"({budget / 2**20:.1f} MiB); raise memory_budget, or lower kv_cache_memory "
             "(or use a smaller dtype / quantization)"
         )
+
+    @property
+    def use_cpu_kernels(self) -> bool:
+        if self.cpu_kernels is not None:
+            return self.cpu_kernels
+        return os.environ.get("SEEKSERVE_CPU_KERNELS", "1") not in ("0", "false", "no")
 
     @staticmethod
     def env_num_threads() -> int | None:

@@ -77,7 +77,14 @@ class Engine:
             namespace=namespace,
         )
         self.runner = ModelRunner(
-            model, arch, num_blocks, block_size, dtype, config.model.device, config.seed
+            model,
+            arch,
+            num_blocks,
+            block_size,
+            dtype,
+            config.model.device,
+            config.seed,
+            cpu_kernels_enabled=config.use_cpu_kernels,
         )
         self.disk: DiskKVCache | None = None
         if config.cache.disk_cache_dir and config.cache.enable_prefix_caching:

@@ -14,7 +14,7 @@ from torch import nn
 from seekserve.models.config import ModelArchConfig
 from seekserve.models.layers.causal_lm import CausalLM
 from seekserve.models.layers.mlp import GatedMLP
-from seekserve.models.layers.norm import RMSNorm
+from seekserve.models.layers.norm import RMSNorm, add_norm
 from seekserve.models.layers.rotary import RotaryEmbedding, rotate
 from seekserve.runner.attention import paged_attention
 from seekserve.runner.inputs import ModelInputs
@@ -64,8 +64,9 @@ class LlamaDecoderLayer(nn.Module):
         self.mlp = GatedMLP(cfg.hidden_size, cfg.intermediate_size)
 
     def forward(self, x: torch.Tensor, inputs: ModelInputs, rope: Rope) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), inputs, rope)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        attn = self.self_attn(self.input_layernorm(x), inputs, rope)
+        x, h = add_norm(x, attn, self.post_attention_layernorm)
+        return x + self.mlp(h)
 
 
 class LlamaModel(nn.Module):

@@ -21,7 +21,7 @@ from seekserve.models.layers.attention import (
 )
 from seekserve.models.layers.causal_lm import CausalLM
 from seekserve.models.layers.mlp import GatedMLP
-from seekserve.models.layers.norm import RMSNorm
+from seekserve.models.layers.norm import RMSNorm, add_norm
 from seekserve.models.layers.rotary import RotaryEmbedding, linear_rope_factor
 from seekserve.models.llama import STACKED_PARAMS
 from seekserve.runner.inputs import ModelInputs
@@ -40,8 +40,9 @@ class Qwen3DecoderLayer(nn.Module):
     def forward(
         self, x: torch.Tensor, inputs: ModelInputs, rope: Rope, masks: StepMasks
     ) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), inputs, rope, masks)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        attn = self.self_attn(self.input_layernorm(x), inputs, rope, masks)
+        x, h = add_norm(x, attn, self.post_attention_layernorm)
+        return x + self.mlp(h)
 
 
 class Qwen3Model(nn.Module):

@@ -3,8 +3,9 @@
 Per layer: write this step's K/V into the cache slots, then per attention group one
 `scaled_dot_product_attention` call (GQA without repeating K/V):
 
-* decode group: the queries are the group's first B flat tokens as they are; the requests'
-  K/V are gathered block by block (one index op for K and V together) into (B, max_kv);
+* decode group: on a CPU with SeekServe's kernels built (`runner/cpu_kernels.py`), one call
+  that reads the K/V blocks in place; otherwise the requests' K/V are gathered block by block
+  (one index op for K and V together) into (B, max_kv) for SDPA;
 * a prefill from position 0 of a single request (`causal`): the chunk's own K/V, a plain
   causal mask, no gather (SDPA's causal kernel also skips the masked half);
 * any other prefill group: queries padded through `q_index`, K/V gathered by blocks, the
@@ -20,6 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from seekserve.runner import cpu_kernels
 from seekserve.runner.inputs import AttentionGroup, ModelInputs
 
 
@@ -56,8 +58,14 @@ def paged_attention(
     softcap: scores become softcap * tanh(scores / softcap) before the mask and softmax."""
     write_kv(kv_cache, k, v, inputs.slot_mapping)
     out = torch.empty_like(q)
+    kernels = cpu_kernels.get(q.device) if masks is None and softcap is None else None
     for index, group in enumerate(inputs.groups):
         start, stop = group.token_start, group.token_start + group.num_tokens
+        if kernels is not None and group.is_decode:
+            out[start:stop] = kernels.paged_decode_attention(
+                q[start:stop].contiguous(), kv_cache, group.block_table, group.kv_lens, scale
+            )
+            continue
         if masks is None and softcap is None and group.causal:
             o_g = F.scaled_dot_product_attention(
                 q[start:stop].transpose(0, 1).unsqueeze(0),  # (1, H, n, D)

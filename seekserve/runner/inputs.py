@@ -39,6 +39,8 @@ class AttentionGroup:
     mask: torch.Tensor
     """(B, 1, max_q, max_kv) bool, max_kv = max_blocks * block_size: True where attention is
     allowed."""
+    kv_lens: torch.Tensor
+    """(B,) int64: kv positions of each request (its position after this step + 1)."""
     is_decode: bool
     causal: bool
     """One request computing its tokens from position 0: the chunk's own K/V are all it
@@ -95,6 +97,7 @@ class ModelInputs:
                     move(g.q_valid),
                     move(g.block_table),
                     mask := move(g.mask),
+                    move(g.kv_lens),
                     g.is_decode,
                     g.causal,
                     bias(mask),
@@ -126,9 +129,9 @@ def _build_group(
         blocks = block_ids[: -(-(pos + n) // block_size)]
         block_table.append(blocks + [0] * (max_blocks - len(blocks)))
     q_pos_t = torch.tensor(q_pos, dtype=torch.int64)  # (B, max_q)
-    kv_len_t = torch.tensor(kv_len, dtype=torch.int64).view(-1, 1, 1)
+    kv_len_t = torch.tensor(kv_len, dtype=torch.int64)
     kv_pos = torch.arange(max_blocks * block_size).view(1, 1, -1)
-    mask = (kv_pos <= q_pos_t.unsqueeze(-1)) & (kv_pos < kv_len_t)
+    mask = (kv_pos <= q_pos_t.unsqueeze(-1)) & (kv_pos < kv_len_t.view(-1, 1, 1))
     q_valid = torch.arange(max_q).view(1, -1) < torch.tensor([n for _, _, n, _ in chunks]).view(
         -1, 1
     )
@@ -139,6 +142,7 @@ def _build_group(
         q_valid=q_valid,
         block_table=torch.tensor(block_table, dtype=torch.int64),
         mask=mask.unsqueeze(1),
+        kv_lens=kv_len_t,
         is_decode=max_q == 1,
         causal=max_q > 1 and len(chunks) == 1 and chunks[0][1] == 0,
     )

@@ -19,6 +19,7 @@ from torch import nn
 
 from seekserve.engine.outputs import SchedulerOutput
 from seekserve.models.config import ModelArchConfig
+from seekserve.runner import cpu_kernels
 from seekserve.runner.inputs import prepare_inputs
 from seekserve.sampling.constraints import GrammarConstraint
 from seekserve.sampling.sampler import Sampler, TokenLogprob
@@ -56,7 +57,9 @@ class ModelRunner:
         dtype: torch.dtype,
         device: torch.device | str,
         seed: int,
+        cpu_kernels_enabled: bool = True,
     ) -> None:
+        """`cpu_kernels_enabled`: use (and build, on first use) SeekServe's CPU kernels."""
         self.model = model
         self.block_size = block_size
         self.device = torch.device(device)
@@ -69,6 +72,8 @@ class ModelRunner:
         for index, layer in enumerate(model.attention_layers):
             layer.kv_cache = self.kv_cache[index]
         self.sampler = Sampler(seed, self.device)
+        if self.device.type == "cpu" and cpu_kernels_enabled:
+            cpu_kernels.enable()
 
     @torch.inference_mode()
     def compute_logits(self, output: SchedulerOutput) -> tuple[list[str], torch.Tensor]:

@@ -1,0 +1,126 @@
+"""SeekServe's CPU kernels against the PyTorch path they replace (the slow reference):
+paged decode attention against gather + SDPA, the norms and the activation against the
+transformers arithmetic. The kernels build on first use (g++ and ninja; ~30 s once)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from seekserve.runner import cpu_kernels
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    assert cpu_kernels.enable(), "the CPU kernels did not build (see the log for the reason)"
+    module = cpu_kernels.get(torch.device("cpu"))
+    assert module is not None
+    return module
+
+
+def reference_decode(q, kv_cache, block_table, kv_lens, scale):
+    """Gather whole blocks, mask positions >= kv_len, SDPA with GQA: (B, H, D)."""
+    batch, max_blocks = block_table.shape
+    block_size = kv_cache.shape[2]
+    kv = kv_cache[:, block_table].reshape(2, batch, max_blocks * block_size, *kv_cache.shape[-2:])
+    mask = torch.arange(max_blocks * block_size).view(1, -1) < kv_lens.view(-1, 1)
+    out = F.scaled_dot_product_attention(
+        q.unsqueeze(2),
+        kv[0].transpose(1, 2),
+        kv[1].transpose(1, 2),
+        attn_mask=mask.view(batch, 1, 1, -1),
+        scale=scale,
+        enable_gqa=True,
+    )
+    return out[:, :, 0]
+
+
+@pytest.mark.parametrize(
+    ("dtype", "head_dim", "block_size", "tolerance"),
+    [
+        (torch.float32, 64, 16, 1e-5),  # the specialised kernel (SmolLM2's shape)
+        (torch.float32, 24, 4, 1e-5),  # the generic one
+        (torch.bfloat16, 64, 16, 1e-2),
+        (torch.bfloat16, 128, 16, 1e-2),
+    ],
+)
+def test_paged_decode_attention_equals_gather_and_sdpa(
+    kernels, dtype, head_dim, block_size, tolerance
+):
+    generator = torch.Generator().manual_seed(0)
+    num_blocks, num_heads, num_kv_heads = 40, 6, 2
+    kv_cache = torch.randn(
+        2, num_blocks, block_size, num_kv_heads, head_dim, generator=generator
+    ).to(dtype)
+    kv_lens = torch.tensor([1, block_size, block_size + 1, 3 * block_size - 1, 5])
+    max_blocks = 3
+    # each request's blocks scattered over the pool; unused table entries are block 0
+    block_table = torch.randperm(num_blocks, generator=generator)[: 5 * max_blocks].view(5, -1)
+    q = torch.randn(5, num_heads, head_dim, generator=generator).to(dtype)
+    ours = kernels.paged_decode_attention(q, kv_cache, block_table, kv_lens, 0.3)
+    expected = reference_decode(q, kv_cache, block_table, kv_lens, 0.3)
+    torch.testing.assert_close(ours, expected, rtol=tolerance, atol=tolerance)
+    # request 0 attends to its single position: the output is exactly that V row
+    v_row = kv_cache[1, block_table[0, 0], 0]  # (Hkv, D)
+    torch.testing.assert_close(ours[0], v_row.repeat_interleave(3, dim=0).to(dtype))
+
+
+def test_paged_decode_attention_rejects_mismatched_tensors(kernels):
+    q = torch.randn(2, 4, 8)
+    kv_cache = torch.randn(2, 4, 4, 2, 8)
+    with pytest.raises(RuntimeError, match="block_table must be"):
+        kernels.paged_decode_attention(
+            q, kv_cache, torch.zeros(3, 1).long(), torch.ones(2).long(), 1.0
+        )
+    with pytest.raises(RuntimeError, match="dtypes differ"):
+        kernels.paged_decode_attention(
+            q.bfloat16(), kv_cache, torch.zeros(2, 1).long(), torch.ones(2).long(), 1.0
+        )
+
+
+def transformers_rms_norm(x, weight, eps):
+    """LlamaRMSNorm.forward: fp32 inside, rounded to the input dtype, then weight * it."""
+    hidden = x.float()
+    hidden = hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * hidden.to(x.dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rms_norm_and_add_rms_norm_follow_transformers(kernels, dtype):
+    generator = torch.Generator().manual_seed(1)
+    x = (torch.randn(37, 576, generator=generator) * 3).to(dtype)
+    delta = torch.randn(37, 576, generator=generator).to(dtype)
+    weight = torch.rand(576, generator=generator).to(dtype) + 0.5
+    # fp32: 1/sqrt vs rsqrt may differ in the last bit; bf16: that bit rarely survives rounding
+    tolerance = {"rtol": 1e-6, "atol": 1e-6} if dtype == torch.float32 else {}
+    expected = transformers_rms_norm(x, weight, 1e-5)
+    torch.testing.assert_close(kernels.rms_norm(x, weight, 1e-5), expected, **tolerance)
+    # (T, heads, D) inputs are normed per head (the q/k norms of qwen3 and gemma3)
+    heads = x.view(37, 9, 64)
+    torch.testing.assert_close(
+        kernels.rms_norm(heads, weight[:64].contiguous(), 1e-5),
+        transformers_rms_norm(heads, weight[:64], 1e-5),
+        **tolerance,
+    )
+    residual = x.clone()
+    normed = kernels.add_rms_norm(residual, delta, weight, 1e-5)
+    assert torch.equal(residual, x + delta)  # updated in place, rounded as `x + delta`
+    torch.testing.assert_close(normed, transformers_rms_norm(x + delta, weight, 1e-5), **tolerance)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_silu_and_mul_follows_transformers(kernels, dtype):
+    gate_up = (torch.randn(9, 2 * 1536, generator=torch.Generator().manual_seed(2)) * 4).to(dtype)
+    gate, up = gate_up.chunk(2, dim=-1)
+    tolerance = {"rtol": 1e-6, "atol": 1e-6} if dtype == torch.float32 else {}
+    torch.testing.assert_close(kernels.silu_and_mul(gate_up), F.silu(gate) * up, **tolerance)
+
+
+def test_disabled_kernels_are_not_handed_out(kernels):
+    try:
+        assert not cpu_kernels.enable(False)
+        assert cpu_kernels.get(torch.device("cpu")) is None
+    finally:
+        assert cpu_kernels.enable(True)
+    assert cpu_kernels.get(torch.device("meta")) is None
