@@ -120,7 +120,10 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-model-len", type=int, default=None, help="context length override")
     p.add_argument("--max-num-seqs", type=int, default=64, help="most concurrent requests")
     p.add_argument(
-        "--max-num-batched-tokens", type=int, default=512, help="token budget of one step"
+        "--max-num-batched-tokens",
+        type=int,
+        default=2048,
+        help="token budget of one step (longer prompts are prefilled in chunks of it)",
     )
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling generator")

@@ -156,7 +156,7 @@ class CacheConfig:
 class SchedulerConfig:
     max_num_seqs: int = 64
     """Most requests in the running set."""
-    max_num_batched_tokens: int = 512
+    max_num_batched_tokens: int = 2048
     """Token budget of one step, shared by decodes and prefill chunks."""
 
     def __post_init__(self) -> None:
