@@ -4,7 +4,7 @@
     ────────────────────                          ─────────────
     generate() ── put(("add", …)) ──► commands ──► engine.add_request
                                                   engine.step()
-    per-request asyncio.Queue ◄── call_soon_threadsafe(put_nowait, EngineOutput)
+    per-request asyncio.Queue ◄── call_soon_threadsafe(deliver, step's EngineOutputs)
     consumer gone ── put(("abort", id)) ──────────► engine.abort_request (blocks freed)
 
 The engine object is touched only by its thread; the two sides meet at `_commands` (a
@@ -127,8 +127,8 @@ class AsyncEngine:
             except Exception:  # one bad step must not kill the server
                 logger.exception("engine step failed; failing the requests of this step")
                 outputs = engine.fail_requests(list(engine.scheduler.requests))
-            for output in outputs:
-                self._publish(output)
+            if outputs:
+                self._publish(*outputs)
 
     def _drain_commands(self, engine: Engine, block: bool) -> None:
         try:
@@ -152,11 +152,13 @@ class AsyncEngine:
         elif kind == "abort":
             engine.abort_request(request_id=payload)
 
-    def _publish(self, output: EngineOutput) -> None:
+    def _publish(self, *outputs: EngineOutput) -> None:
+        """Hand outputs to the event loop: one wake-up per step, not one per request."""
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._deliver, output)
+        self._loop.call_soon_threadsafe(self._deliver, outputs)
 
-    def _deliver(self, output: EngineOutput) -> None:
-        stream = self._streams.get(output.request_id)
-        if stream is not None:
-            stream.put_nowait(output)
+    def _deliver(self, outputs: tuple[EngineOutput, ...]) -> None:
+        for output in outputs:
+            stream = self._streams.get(output.request_id)
+            if stream is not None:
+                stream.put_nowait(output)

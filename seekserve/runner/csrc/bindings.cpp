@@ -1,10 +1,13 @@
 // The Python module of SeekServe's CPU kernels (loaded by seekserve/runner/cpu_kernels.py).
 #include "kernels.h"
 
+// Every kernel releases the GIL: the event loop thread formats responses meanwhile.
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("paged_decode_attention", &paged_decode_attention,
+  using release = pybind11::call_guard<pybind11::gil_scoped_release>;
+  m.def("paged_decode_attention", &paged_decode_attention, release(),
         "decode attention over the paged KV cache, blocks read in place");
-  m.def("rms_norm", &rms_norm, "RMSNorm with the reference's rounding steps");
-  m.def("add_rms_norm", &add_rms_norm, "residual += delta in place, then RMSNorm of it");
-  m.def("silu_and_mul", &silu_and_mul, "silu(gate) * up of a fused [gate ‖ up] tensor");
+  m.def("rms_norm", &rms_norm, release(), "RMSNorm with the reference's rounding steps");
+  m.def("add_rms_norm", &add_rms_norm, release(), "residual += delta in place, then RMSNorm of it");
+  m.def("silu_and_mul", &silu_and_mul, release(), "silu(gate) * up of a fused [gate ‖ up] tensor");
+  m.def("rotary_", &rotary_, release(), "rotate-half rotary embedding in place, transformers' rounding");
 }

@@ -26,3 +26,4 @@ torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, doub
 torch::Tensor add_rms_norm(torch::Tensor& residual, const torch::Tensor& delta,
                            const torch::Tensor& weight, double eps);
 torch::Tensor silu_and_mul(const torch::Tensor& gate_up);
+void rotary_(torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);

@@ -3,6 +3,7 @@
 //   rms_norm:      y = T(x * rsqrt(mean(x²) + eps)) (fp32 inside), out = T(weight * y)
 //   add_rms_norm:  residual = T(residual + delta) in place, out = rms_norm(residual)
 //   silu_and_mul:  gate_up = [gate ‖ up] → out = T(T(silu(gate)) * up)
+//   rotary_:       x = T(T(x * cos) + T(rotate_half(x) * sin)) in place
 // One pass over each row instead of the 6-10 separate PyTorch ops of the composite versions.
 // Rows are spread over PyTorch's intra-op threads.
 #include "kernels.h"
@@ -118,4 +119,51 @@ torch::Tensor silu_and_mul(const torch::Tensor& gate_up) {
                                 gate_up.numel() / (2 * n), n);
       });
   return out;
+}
+
+namespace {
+
+template <typename T>
+void rotary_rows(T* __restrict__ x, int64_t row_stride, const T* __restrict__ cos,
+                 const T* __restrict__ sin, int64_t rows, int64_t heads, int64_t dim) {
+  const int64_t half = dim / 2;
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    std::vector<float> rotated(dim), values(dim);
+    for (int64_t r = begin; r < end; ++r) {
+      const T* c = cos + r * dim;
+      const T* s = sin + r * dim;
+      for (int64_t h = 0; h < heads; ++h) {
+        T* head = x + r * row_stride + h * dim;
+        for (int64_t i = 0; i < dim; ++i) values[i] = to_float(head[i]);
+        for (int64_t i = 0; i < half; ++i) {
+          rotated[i] = -values[i + half];
+          rotated[i + half] = values[i];
+        }
+        for (int64_t i = 0; i < dim; ++i) {
+          const T a = static_cast<T>(values[i] * to_float(c[i]));
+          const T b = static_cast<T>(rotated[i] * to_float(s[i]));
+          head[i] = static_cast<T>(to_float(a) + to_float(b));
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void rotary_(torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
+  TORCH_CHECK(x.dim() == 3 && x.stride(2) == 1 && x.stride(1) == x.size(2),
+              "x must be (T, heads, D) with contiguous heads (any row stride)");
+  const int64_t rows = x.size(0), heads = x.size(1), dim = x.size(2);
+  TORCH_CHECK(dim % 2 == 0, "head_dim must be even");
+  TORCH_CHECK(cos.is_contiguous() && sin.is_contiguous() && cos.numel() == rows * dim &&
+                  sin.numel() == rows * dim,
+              "cos and sin must be contiguous (T, 1, D) tensors");
+  TORCH_CHECK(cos.scalar_type() == x.scalar_type() && sin.scalar_type() == x.scalar_type(),
+              "x, cos and sin dtypes differ");
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::ScalarType::BFloat16, at::ScalarType::Half, x.scalar_type(), "rotary_", [&] {
+        rotary_rows<scalar_t>(x.data_ptr<scalar_t>(), x.stride(0), cos.data_ptr<scalar_t>(),
+                              sin.data_ptr<scalar_t>(), rows, heads, dim);
+      });
 }
