@@ -26,6 +26,14 @@ def seekserve_home() -> Path:
     return Path(os.environ.get("SEEKSERVE_HOME") or Path.home() / ".cache" / "seekserve")
 
 
+def kernels_dir() -> Path:
+    """Where SeekServe's compiled CPU kernels are cached: `$SEEKSERVE_KERNELS_DIR`, default
+    ~/.cache/seekserve/kernels. Not under `$SEEKSERVE_HOME`: a fresh home (tests, a second
+    model cache) reuses the build instead of compiling again."""
+    default = Path.home() / ".cache" / "seekserve" / "kernels"
+    return Path(os.environ.get("SEEKSERVE_KERNELS_DIR") or default)
+
+
 def parse_size_bytes(text: str | int) -> int:
     """'2GiB', '512M', '1g', '1048576' -> bytes (binary units)."""
     if isinstance(text, int):
@@ -225,8 +233,9 @@ class EngineConfig:
     num_threads: int | None = None
     """torch intra-op threads; default: torch's choice (`SEEKSERVE_NUM_THREADS` overrides)."""
     cpu_kernels: bool | None = None
-    """Use SeekServe's compiled CPU kernels (`runner/cpu_kernels.py`) on a CPU device; None:
-    yes unless `SEEKSERVE_CPU_KERNELS=0`."""
+    """The CPU fast path: SeekServe's compiled kernels (`runner/cpu_kernels.py`) and
+    oneDNN-prepacked bf16 weights (`models/layers/linear.py`); False: plain PyTorch ops (the
+    reference path). None: on unless `SEEKSERVE_CPU_KERNELS=0`."""
     memory_budget_bytes: int | None = None
     """Most memory this model may take on its device: weights plus KV pool; None: unchecked.
     A model over it fails at start (`check_memory_budget`)."""

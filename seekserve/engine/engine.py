@@ -126,7 +126,7 @@ class Engine:
             from seekserve.models.layers.quant import quantize_linears_int8
 
             logger.info("int8 weight-only: %d linear layers", quantize_linears_int8(model))
-        else:
+        elif config.use_cpu_kernels:
             from seekserve.models.layers.linear import pack_linears
 
             if packed := pack_linears(model):

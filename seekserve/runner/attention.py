@@ -57,8 +57,13 @@ def paged_attention(
     masks: one per group replacing the groups' causal masks (`sliding_window_masks`);
     softcap: scores become softcap * tanh(scores / softcap) before the mask and softmax."""
     write_kv(kv_cache, k, v, inputs.slot_mapping)
-    out = torch.empty_like(q)
     kernels = cpu_kernels.get(q.device) if masks is None and softcap is None else None
+    if kernels is not None and len(inputs.groups) == 1 and inputs.groups[0].is_decode:
+        group = inputs.groups[0]  # a decode-only step: the kernel's output is the output
+        return kernels.paged_decode_attention(
+            q.contiguous(), kv_cache, group.block_table, group.kv_lens, scale
+        )
+    out = torch.empty_like(q)
     for index, group in enumerate(inputs.groups):
         start, stop = group.token_start, group.token_start + group.num_tokens
         if kernels is not None and group.is_decode:

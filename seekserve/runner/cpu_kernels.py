@@ -11,8 +11,8 @@
   of 576 here, the kernel takes a few µs).
 
 The extension is built with `torch.utils.cpp_extension` (g++ and ninja, ~30 s once) into
-`$SEEKSERVE_HOME/kernels/<torch version>-<CPU flags hash>`, with `-march=native`: a build
-only ever runs on the CPU it was made for. Without a compiler, or with
+`kernels_dir()/<torch version>-<CPU flags hash>` (~/.cache/seekserve/kernels), with
+`-march=native`: a build only ever runs on the CPU it was made for. Without a compiler, or with
 `SEEKSERVE_CPU_KERNELS=0`, everything runs on the plain PyTorch path (same results up to
 float rounding).
 """
@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from seekserve.config import seekserve_home
+from seekserve.config import kernels_dir
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def _build_directory() -> Path:
     except (OSError, StopIteration):
         flags = platform.processor()
     tag = hashlib.sha256(flags.encode()).hexdigest()[:12]
-    return seekserve_home() / "kernels" / f"torch{torch.__version__}-{tag}"
+    return kernels_dir() / f"torch{torch.__version__}-{tag}"
 
 
 def _load() -> Any:
