@@ -56,8 +56,9 @@ class Sampler:
         output_token_ids: list[list[int]],
     ) -> list[int]:
         logits = apply_penalties(logits, params, output_token_ids)
-        # max(dim).indices: the first maximal index, as argmax, but ~2.5x faster on a CPU
-        greedy = logits.max(dim=-1).indices
+        # argmax: the first maximal index (bf16 logits tie often; max(dim).indices is 2.5x
+        # faster on a CPU but does not promise which of tied indices it returns)
+        greedy = logits.argmax(dim=-1)
         if all(p.is_greedy for p in params):
             return greedy.tolist()
         temperature = torch.tensor(
@@ -87,11 +88,15 @@ def compute_logprobs(
     logp = torch.log_softmax(logits[rows], dim=-1)  # (R, V)
     num_top = max(params[row].logprobs or 0 for row in rows)
     chosen = logp.gather(1, torch.tensor([[tokens[row]] for row in rows], device=logp.device))
-    top_values, top_ids = logp.topk(num_top, dim=-1) if num_top else (logp[:, :0], logp[:, :0])
+    # a few extra candidates, then ties ordered by token id (as argmax breaks them): topk
+    # does not promise an order among equal values, and bf16 logits tie often
+    num_candidates = min(num_top + 8, logp.shape[-1]) if num_top else 0
+    top_values, top_ids = logp.topk(num_candidates, dim=-1)
     chosen_list, values, ids = chosen[:, 0].tolist(), top_values.tolist(), top_ids.tolist()
     for index, row in enumerate(rows):
         k = params[row].logprobs or 0
-        top = [(int(i), v) for i, v in zip(ids[index][:k], values[index][:k], strict=True)]
+        ranked = sorted(zip(ids[index], values[index], strict=True), key=lambda e: (-e[1], e[0]))
+        top = [(int(i), v) for i, v in ranked[:k]]
         result[row] = TokenLogprob(tokens[row], chosen_list[index], top)
     return result
 

@@ -70,3 +70,15 @@ def test_zero_top_logprobs_still_reports_the_chosen_token():
     _, [entry] = Sampler(0)(logits, [SamplingParams(temperature=0.0, logprobs=0)], [[]])
     assert entry.token_id == 1 and entry.top == []
     assert abs(entry.logprob - torch.log_softmax(logits[0], -1)[1].item()) < 1e-6
+
+
+def test_tied_logits_rank_the_greedy_token_first_in_top_logprobs():
+    """bf16 logits tie exactly: greedy takes the lowest tied id, and top_logprobs lists ties
+    in id order, so its first entry is the greedy token."""
+    logits = torch.full((1, 300), -5.0)
+    logits[0, [250, 7, 120]] = 2.0  # a three-way tie
+    logits[0, 3] = 1.0
+    tokens, logprobs = Sampler(seed=0)(logits, [SamplingParams(temperature=0.0, logprobs=4)], [[]])
+    assert tokens == [7]
+    assert [token for token, _ in logprobs[0].top] == [7, 120, 250, 3]
+    assert logprobs[0].top[0][1] == logprobs[0].logprob
