@@ -31,7 +31,7 @@ import json
 import sys
 import time
 import types
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -53,23 +53,25 @@ BLOCK_SIZE = 16
 WARMUP_STEPS = 2
 DTYPE = torch.bfloat16
 
+LLAMA3_8B = ModelArchConfig(
+    architecture="llama",
+    vocab_size=128_256,
+    hidden_size=4096,
+    intermediate_size=14_336,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=128,
+    rms_norm_eps=1e-5,
+    rope_theta=500_000.0,
+    max_position_embeddings=8192,
+    tie_word_embeddings=False,
+)
 SHAPES = {
-    "llama3-8b": ModelArchConfig(
-        architecture="llama",
-        vocab_size=128_256,
-        hidden_size=4096,
-        intermediate_size=14_336,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        head_dim=128,
-        rms_norm_eps=1e-5,
-        rope_theta=500_000.0,
-        max_position_embeddings=8192,
-        tie_word_embeddings=False,
-    ),
-    "tiny": ModelArchConfig(
-        architecture="llama",
+    "llama3-8b": LLAMA3_8B,
+    # the same architecture, small enough for the CPU smoke test
+    "tiny": replace(
+        LLAMA3_8B,
         vocab_size=256,
         hidden_size=64,
         intermediate_size=128,
@@ -77,10 +79,6 @@ SHAPES = {
         num_attention_heads=4,
         num_key_value_heads=2,
         head_dim=16,
-        rms_norm_eps=1e-5,
-        rope_theta=500_000.0,
-        max_position_embeddings=8192,
-        tie_word_embeddings=False,
     ),
 }
 
