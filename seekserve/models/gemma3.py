@@ -101,7 +101,7 @@ class Gemma3ForCausalLM(CausalLM):
             ropes[True] = self.rotary_local(inputs.positions, dtype)
         masks = step_masks(inputs, windows)
         # sqrt(hidden_size) rounded to the embedding dtype first, as the reference does
-        scale = float(torch.tensor(self.config.hidden_size**0.5, dtype=embed.weight.dtype))
+        scale = float(torch.tensor(self.config.hidden_size**0.5, dtype=dtype))
         x = embed(inputs.token_ids) * scale
         for layer in self.model.layers:
             x = layer(x, inputs, ropes[layer.self_attn.sliding_window is not None], masks)

@@ -58,18 +58,16 @@ def paged_attention(
     softcap: scores become softcap * tanh(scores / softcap) before the mask and softmax."""
     write_kv(kv_cache, k, v, inputs.slot_mapping)
     kernels = cpu_kernels.get(q.device) if masks is None and softcap is None else None
-    if kernels is not None and len(inputs.groups) == 1 and inputs.groups[0].is_decode:
-        group = inputs.groups[0]  # a decode-only step: the kernel's output is the output
-        return kernels.paged_decode_attention(
-            q.contiguous(), kv_cache, group.block_table, group.kv_lens, scale
-        )
     out = torch.empty_like(q)
     for index, group in enumerate(inputs.groups):
         start, stop = group.token_start, group.token_start + group.num_tokens
         if kernels is not None and group.is_decode:
-            out[start:stop] = kernels.paged_decode_attention(
+            o_g = kernels.paged_decode_attention(
                 q[start:stop].contiguous(), kv_cache, group.block_table, group.kv_lens, scale
             )
+            if group.num_tokens == q.shape[0]:
+                return o_g  # a decode-only step: the kernel's output is the output
+            out[start:stop] = o_g
             continue
         if masks is None and softcap is None and group.causal:
             o_g = F.scaled_dot_product_attention(

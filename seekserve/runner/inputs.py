@@ -119,25 +119,24 @@ def _build_group(
     """chunks: (flat_start, start_position, num_new_tokens, block_ids) per request. Python
     lists first, one tensor each at the end: the cost grows with blocks, not tokens."""
     max_q = max(n for _, _, n, _ in chunks)
-    max_blocks = max(-(-(pos + n) // block_size) for _, pos, n, _ in chunks)
-    q_index, q_pos, kv_len, block_table = [], [], [], []
+    q_index, q_pos, num_new, kv_len, blocks = [], [], [], [], []
     for flat_start, pos, n, block_ids in chunks:
         padding = max_q - n
         q_index.append([*range(flat_start, flat_start + n), *[token_start] * padding])
         q_pos.append([*range(pos, pos + n), *[0] * padding])  # padding attends to kv 0 only
+        num_new.append(n)
         kv_len.append(pos + n)
-        blocks = block_ids[: -(-(pos + n) // block_size)]
-        block_table.append(blocks + [0] * (max_blocks - len(blocks)))
+        blocks.append(block_ids[: -(-(pos + n) // block_size)])
+    max_blocks = max(len(b) for b in blocks)
+    block_table = [b + [0] * (max_blocks - len(b)) for b in blocks]
     q_pos_t = torch.tensor(q_pos, dtype=torch.int64)  # (B, max_q)
     kv_len_t = torch.tensor(kv_len, dtype=torch.int64)
     kv_pos = torch.arange(max_blocks * block_size).view(1, 1, -1)
     mask = (kv_pos <= q_pos_t.unsqueeze(-1)) & (kv_pos < kv_len_t.view(-1, 1, 1))
-    q_valid = torch.arange(max_q).view(1, -1) < torch.tensor([n for _, _, n, _ in chunks]).view(
-        -1, 1
-    )
+    q_valid = torch.arange(max_q).view(1, -1) < torch.tensor(num_new).view(-1, 1)
     return AttentionGroup(
         token_start=token_start,
-        num_tokens=sum(n for _, _, n, _ in chunks),
+        num_tokens=sum(num_new),
         q_index=torch.tensor(q_index, dtype=torch.int64),
         q_valid=q_valid,
         block_table=torch.tensor(block_table, dtype=torch.int64),

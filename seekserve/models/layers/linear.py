@@ -14,6 +14,8 @@ Only bf16 is packed: for fp32 the packed path is slower at batch 1 on these CPUs
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -53,16 +55,32 @@ class PackedLinear(nn.Module):
         return packed_linear(x, self.packed_weight, self.bias)
 
 
-def pack_linears(model: nn.Module) -> int:
-    """Replace every bf16 CPU `nn.Linear` of `model` by a `PackedLinear`, in place; returns
-    how many were replaced (0 where the CPU build has no oneDNN or the model is not bf16).
-    A tied LM head gets its own packed copy; the embedding table stays as it is."""
+def replace_linears(
+    model: nn.Module,
+    make: Callable[[nn.Linear], nn.Module],
+    where: Callable[[nn.Linear], bool] = lambda _: True,
+) -> int:
+    """Replace every `nn.Linear` of `model` for which `where` holds by `make(linear)`, in
+    place; returns how many were replaced. A tied LM head gets its own copy; the embedding
+    table stays as it is."""
     targets = [
         (parent, name, child)
         for parent in model.modules()
         for name, child in parent.named_children()
-        if isinstance(child, nn.Linear) and can_pack(child.weight)
+        if isinstance(child, nn.Linear) and where(child)
     ]
     for parent, name, child in targets:
-        setattr(parent, name, PackedLinear(child))
+        setattr(parent, name, make(child))
     return len(targets)
+
+
+def pack_linears(model: nn.Module) -> int:
+    """Replace every bf16 CPU `nn.Linear` of `model` by a `PackedLinear`, in place; returns
+    how many were replaced (0 where the CPU build has no oneDNN or the model is not bf16)."""
+    return replace_linears(model, PackedLinear, lambda linear: can_pack(linear.weight))
+
+
+def dense_linear(linear: nn.Linear) -> nn.Module:
+    """`linear` as the fastest dense layer for its weight: packed where `can_pack`, else
+    itself."""
+    return PackedLinear(linear) if can_pack(linear.weight) else linear

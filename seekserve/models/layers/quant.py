@@ -14,10 +14,9 @@ model either way, one kernel per batch size.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from seekserve.models.layers.linear import can_pack, pack_weight, packed_linear
+from seekserve.models.layers.linear import dense_linear, replace_linears
 
 INT8_MAX_ROWS = 4
 """Calls with at most this many rows (tokens) take the int8 kernel."""
@@ -35,11 +34,17 @@ class Int8Linear(nn.Module):
         self.register_buffer("scales", scales.to(dtype))
         # the int8 kernel is fast for bf16 activations only (10x slower in fp32 here)
         self.int8_kernel = dtype == torch.bfloat16
-        dense = (quantized.float() * self.scales.float()[:, None]).to(dtype)
-        self.packed = can_pack(linear.weight)
-        self.register_buffer("dense_weight", pack_weight(dense) if self.packed else dense)
         bias = linear.bias.detach() if linear.bias is not None else None
         self.register_buffer("bias", bias)
+        # the same quantized weights, dequantized, for calls with more rows
+        dequantized = nn.Linear(
+            self.in_features, self.out_features, bias=bias is not None, device="meta"
+        )
+        dequantized.weight = nn.Parameter(
+            (quantized.float() * self.scales.float()[:, None]).to(dtype), requires_grad=False
+        )
+        dequantized.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+        self.dense = dense_linear(dequantized)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
@@ -47,22 +52,12 @@ class Int8Linear(nn.Module):
             out = torch._weight_int8pack_mm(flat, self.weight_int8, self.scales)
             if self.bias is not None:
                 out = out + self.bias
-        elif self.packed:
-            out = packed_linear(flat, self.dense_weight, self.bias)
         else:
-            out = F.linear(flat, self.dense_weight, self.bias)
+            out = self.dense(flat)
         return out.reshape(*x.shape[:-1], self.out_features)
 
 
 def quantize_linears_int8(model: nn.Module) -> int:
     """Replace every nn.Linear of `model` in place; returns how many were replaced. A tied
     LM head gets its own int8 copy (the embedding table stays as it is)."""
-    targets = [
-        (parent, name, child)
-        for parent in model.modules()
-        for name, child in parent.named_children()
-        if isinstance(child, nn.Linear)
-    ]
-    for parent, name, child in targets:
-        setattr(parent, name, Int8Linear(child))
-    return len(targets)
+    return replace_linears(model, Int8Linear)
