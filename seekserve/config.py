@@ -264,3 +264,15 @@ class EngineConfig:
     def env_num_threads() -> int | None:
         value = os.environ.get("SEEKSERVE_NUM_THREADS")
         return int(value) if value else None
+
+
+def duplicate_served_name(configs: list[EngineConfig]) -> tuple[str, int, int] | None:
+    """The first served model name given twice, with the 1-based positions of its first and
+    second config; None when every name is unique."""
+    first: dict[str, int] = {}
+    for index, config in enumerate(configs, start=1):
+        name = config.model.served_model_name
+        if name in first:
+            return name, first[name], index
+        first[name] = index
+    return None

@@ -32,7 +32,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from seekserve.config import EngineConfig, parse_size_bytes
+from seekserve.config import EngineConfig, duplicate_served_name, parse_size_bytes
 
 # key -> (section of EngineConfig or "" for its own fields, field name, value parser)
 Parser = Callable[[Any, str], Any]
@@ -114,15 +114,12 @@ def load_config_file(path: str | Path, base: EngineConfig) -> list[EngineConfig]
     if not isinstance(entries, list) or not entries:
         raise ValueError(f"{path}: no models; add at least one [[models]] table")
     configs = [_model_config(path, i, entry, base) for i, entry in enumerate(entries, start=1)]
-    first_index: dict[str, int] = {}
-    for index, config in enumerate(configs, start=1):
-        name = config.model.served_model_name
-        if name in first_index:
-            raise ValueError(
-                f"{path}: served model name {name!r} is given twice (models "
-                f"{first_index[name]} and {index}); give each model its own name"
-            )
-        first_index[name] = index
+    if duplicate := duplicate_served_name(configs):
+        name, first, second = duplicate
+        raise ValueError(
+            f"{path}: served model name {name!r} is given twice (models {first} and {second}); "
+            "give each model its own name"
+        )
     return configs
 
 

@@ -34,7 +34,7 @@ from seekserve.api.routes import anthropic, balance, chat, completions, health, 
 from seekserve.api.routes.metrics import ServerMetrics
 from seekserve.api.routes.metrics import router as metrics_router
 from seekserve.api.state import ServedModel, ServerState
-from seekserve.config import EngineConfig, ServerConfig
+from seekserve.config import EngineConfig, ServerConfig, duplicate_served_name
 from seekserve.engine.async_engine import AsyncEngine
 from seekserve.errors import (
     ApiError,
@@ -53,16 +53,13 @@ def check_served_names(engine_configs: list[EngineConfig]) -> None:
     """ValueError when two configs share a served model name (or none is given)."""
     if not engine_configs:
         raise ValueError("no model to serve; give --model or a --config file with [[models]]")
-    seen: dict[str, int] = {}
-    for index, config in enumerate(engine_configs, start=1):
-        name = config.model.served_model_name
-        if name in seen:
-            raise ValueError(
-                f"served model name {name!r} is given twice (models {seen[name]} and {index}: "
-                f"{engine_configs[seen[name] - 1].model.model} and {config.model.model}); "
-                "give each model its own name"
-            )
-        seen[name] = index
+    if duplicate := duplicate_served_name(engine_configs):
+        name, first, second = duplicate
+        paths = (engine_configs[first - 1].model.model, engine_configs[second - 1].model.model)
+        raise ValueError(
+            f"served model name {name!r} is given twice (models {first} and {second}: "
+            f"{paths[0]} and {paths[1]}); give each model its own name"
+        )
 
 
 def load_served_models(engine_configs: list[EngineConfig]) -> dict[str, ServedModel]:
