@@ -8,11 +8,15 @@ the flat batch of all scheduled tokens of all requests at once: (T, hidden).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from seekserve.models.config import ModelArchConfig
 from seekserve.models.layers.causal_lm import CausalLM
+from seekserve.models.layers.linear import native_linear
 from seekserve.models.layers.mlp import GatedMLP
 from seekserve.models.layers.norm import RMSNorm, add_norm
 from seekserve.models.layers.rotary import RotaryEmbedding, rotate
@@ -86,3 +90,30 @@ class LlamaForCausalLM(CausalLM):
         self.model = LlamaModel(cfg)
         self.rotary = RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta)
         self.init_lm_head(cfg)
+
+    def build_native_decoder(self, kernels: Any) -> Any:
+        cfg = self.config
+        decoder = kernels.Decoder(
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+            self.model.norm.eps,
+            cfg.head_dim**-0.5,
+            self.model.norm.weight.detach(),
+        )
+        for layer in self.model.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            modules = (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)
+            qkv, o, gate_up, down = (native_linear(m, kernels) for m in modules)
+            if None in (qkv, o, gate_up, down) or mlp.activation is not F.silu:
+                return None
+            decoder.add_layer(
+                layer.input_layernorm.weight.detach(),
+                qkv,
+                o,
+                layer.post_attention_layernorm.weight.detach(),
+                gate_up,
+                down,
+                attn.kv_cache,
+            )
+        return decoder

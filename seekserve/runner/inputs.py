@@ -72,6 +72,11 @@ class ModelInputs:
     sample_request_ids: list[str]
     """Request id of each row of the logits, in the same order."""
 
+    @property
+    def is_decode_only(self) -> bool:
+        """Every request of the step computes one token."""
+        return len(self.groups) == 1 and self.groups[0].is_decode
+
     def to(self, device: torch.device, dtype: torch.dtype | None = None) -> ModelInputs:
         """Copy to the device (non-blocking; the source is plain CPU memory); with `dtype`,
         each group also gets its mask as an additive bias in that dtype."""

@@ -72,8 +72,10 @@ class ModelRunner:
         for index, layer in enumerate(model.attention_layers):
             layer.kv_cache = self.kv_cache[index]
         self.sampler = Sampler(seed, self.device)
-        if self.device.type == "cpu" and cpu_kernels_enabled:
-            cpu_kernels.enable()
+        if self.device.type == "cpu" and cpu_kernels_enabled and cpu_kernels.enable():
+            build = getattr(model, "build_native_decoder", None)
+            if build is not None:
+                model.native_decoder = build(cpu_kernels.get(self.device))
 
     @torch.inference_mode()
     def compute_logits(self, output: SchedulerOutput) -> tuple[list[str], torch.Tensor]:

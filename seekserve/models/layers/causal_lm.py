@@ -1,19 +1,28 @@
 """The shell every decoder-only architecture here shares: `model` (embed_tokens, layers,
 norm), `rotary`, and an LM head tied to the embedding when the config says so; the runner
-hands a KV cache tensor to each of `attention_layers`; logits come out in fp32."""
+hands a KV cache tensor to each of `attention_layers`; logits come out in fp32.
+
+An architecture can also mirror its layers in the CPU kernels' native `Decoder`
+(`build_native_decoder`; `runner/csrc/decoder.cpp`): the runner sets `native_decoder` when
+the kernels are on, and decode-only steps then run all layers in one call without Python."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
 
 from seekserve.models.config import ModelArchConfig
+from seekserve.runner import cpu_kernels
 from seekserve.runner.inputs import ModelInputs
 
 
 class CausalLM(nn.Module):
     model: nn.Module
     rotary: nn.Module
+    native_decoder: Any = None
+    """The kernels' `Decoder` over this model's weights and KV cache, or None."""
 
     def init_lm_head(self, cfg: ModelArchConfig) -> None:
         """Call after `self.model` exists."""
@@ -25,10 +34,24 @@ class CausalLM(nn.Module):
     def attention_layers(self) -> list[nn.Module]:
         return [layer.self_attn for layer in self.model.layers]
 
+    def build_native_decoder(self, kernels: Any) -> Any:
+        """The CPU kernels' `Decoder` computing this model's decode steps, built after the
+        runner bound the KV caches; None where the architecture (or a layer) has none."""
+        return None
+
     def forward(self, inputs: ModelInputs) -> torch.Tensor:
         """Hidden states of every scheduled token: (T, hidden)."""
         x = self.model.embed_tokens(inputs.token_ids)
         rope = self.rotary(inputs.positions, x.dtype)  # once per step, shared by all layers
+        if (
+            self.native_decoder is not None
+            and inputs.is_decode_only
+            and cpu_kernels.get(x.device) is not None
+        ):
+            group = inputs.groups[0]
+            return self.native_decoder.forward(
+                x, group.block_table, group.kv_lens, inputs.slot_mapping, *rope
+            )
         for layer in self.model.layers:
             x = layer(x, inputs, rope)
         return self.model.norm(x)

@@ -15,6 +15,7 @@ Only bf16 is packed: for fp32 the packed path is slower at batch 1 on these CPUs
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -54,6 +55,9 @@ class PackedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return packed_linear(x, self.packed_weight, self.bias)
 
+    def native(self, kernels: Any) -> Any:
+        return kernels.Linear.packed(self.packed_weight, self.bias)
+
 
 def replace_linears(
     model: nn.Module,
@@ -78,6 +82,18 @@ def pack_linears(model: nn.Module) -> int:
     """Replace every bf16 CPU `nn.Linear` of `model` by a `PackedLinear`, in place; returns
     how many were replaced (0 where the CPU build has no oneDNN or the model is not bf16)."""
     return replace_linears(model, PackedLinear, lambda linear: can_pack(linear.weight))
+
+
+def native_linear(module: nn.Module, kernels: Any) -> Any:
+    """`module` (an `nn.Linear` or a layer with a `native(kernels)` method) as the CPU kernels'
+    `Linear`, which computes what `module` computes without Python (`runner/csrc/decoder.cpp`);
+    None for any other module."""
+    if hasattr(module, "native"):
+        return module.native(kernels)
+    if type(module) is nn.Linear:
+        bias = None if module.bias is None else module.bias.detach()
+        return kernels.Linear.dense(module.weight.detach(), bias)
+    return None
 
 
 def dense_linear(linear: nn.Linear) -> nn.Module:

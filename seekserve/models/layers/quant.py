@@ -13,10 +13,12 @@ model either way, one kernel per batch size.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
-from seekserve.models.layers.linear import dense_linear, replace_linears
+from seekserve.models.layers.linear import dense_linear, native_linear, replace_linears
 
 INT8_MAX_ROWS = 4
 """Calls with at most this many rows (tokens) take the int8 kernel."""
@@ -55,6 +57,11 @@ class Int8Linear(nn.Module):
         else:
             out = self.dense(flat)
         return out.reshape(*x.shape[:-1], self.out_features)
+
+    def native(self, kernels: Any) -> Any:
+        dense = native_linear(self.dense, kernels)
+        max_rows = INT8_MAX_ROWS if self.int8_kernel else 0
+        return kernels.Linear.int8(self.weight_int8, self.scales, self.bias, dense, max_rows)
 
 
 def quantize_linears_int8(model: nn.Module) -> int:

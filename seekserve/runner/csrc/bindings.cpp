@@ -10,4 +10,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("add_rms_norm", &add_rms_norm, release(), "residual += delta in place, then RMSNorm of it");
   m.def("silu_and_mul", &silu_and_mul, release(), "silu(gate) * up of a fused [gate ‖ up] tensor");
   m.def("rotary_", &rotary_, release(), "rotate-half rotary embedding in place, transformers' rounding");
+  pybind11::class_<Linear>(m, "Linear", "a linear layer as its Python module computes it")
+      .def_static("dense", &Linear::dense)
+      .def_static("packed", &Linear::packed)
+      .def_static("int8", &Linear::int8)
+      .def("__call__", &Linear::operator(), release());
+  pybind11::class_<Decoder>(m, "Decoder", "the decode step of a llama-family model")
+      .def(pybind11::init<int64_t, int64_t, int64_t, double, double, torch::Tensor>())
+      .def("add_layer", &Decoder::add_layer)
+      .def("forward", &Decoder::forward, release());
 }

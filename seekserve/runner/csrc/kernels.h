@@ -5,6 +5,9 @@
 
 #include <cstdint>
 #include <cstring>
+#include <memory>
+#include <optional>
+#include <vector>
 
 // Element → fp32. bf16 is the top half of an fp32: a shift the compiler vectorizes.
 inline float to_float(float x) { return x; }
@@ -27,3 +30,50 @@ torch::Tensor add_rms_norm(torch::Tensor& residual, const torch::Tensor& delta,
                            const torch::Tensor& weight, double eps);
 torch::Tensor silu_and_mul(const torch::Tensor& gate_up);
 void rotary_(torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);
+
+// decoder.cpp: a linear layer as its Python module computes it, callable without Python.
+class Linear {
+ public:
+  static Linear dense(torch::Tensor weight, std::optional<torch::Tensor> bias);
+  // weight in oneDNN's packed layout (models/layers/linear.py: pack_weight)
+  static Linear packed(torch::Tensor packed_weight, std::optional<torch::Tensor> bias);
+  // int8 kernel up to max_rows rows, `dense` (the dequantized weights) above
+  static Linear int8(torch::Tensor weight_int8, torch::Tensor scales,
+                     std::optional<torch::Tensor> bias, const Linear& dense, int64_t max_rows);
+  torch::Tensor operator()(const torch::Tensor& x) const;
+
+ private:
+  enum class Kind { kDense, kPacked, kInt8 };
+  Kind kind_ = Kind::kDense;
+  torch::Tensor weight_, scales_;
+  std::optional<torch::Tensor> bias_;
+  std::shared_ptr<Linear> dense_;
+  int64_t max_rows_ = 0;
+};
+
+// decoder.cpp: the decode step of a llama-family model, all layers in one call.
+class Decoder {
+ public:
+  Decoder(int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, double eps, double scale,
+          torch::Tensor final_norm);
+  void add_layer(torch::Tensor input_norm, Linear qkv, Linear o, torch::Tensor post_norm,
+                 Linear gate_up, Linear down, torch::Tensor kv_cache);
+  // x: (T, hidden) embeddings of one token per request (updated in place); cos, sin: (T, 1, D);
+  // returns the final-normed hidden states (T, hidden)
+  torch::Tensor forward(torch::Tensor x, const torch::Tensor& block_table,
+                        const torch::Tensor& kv_lens, const torch::Tensor& slot_mapping,
+                        const torch::Tensor& cos, const torch::Tensor& sin) const;
+
+ private:
+  struct Layer {
+    torch::Tensor input_norm;
+    Linear qkv, o;
+    torch::Tensor post_norm;
+    Linear gate_up, down;
+    torch::Tensor kv_cache;
+  };
+  int64_t num_heads_, num_kv_heads_, head_dim_;
+  double eps_, scale_;
+  torch::Tensor final_norm_;
+  std::vector<Layer> layers_;
+};

@@ -1,0 +1,109 @@
+"""The native decode step (`runner/csrc/decoder.cpp`) against the Python layers it replaces:
+the same ops in the same order, so the hidden states of every decode step are bitwise equal,
+in fp32 (plain linears), bf16 (oneDNN-packed linears) and int8 (int8 kernel up to 4 rows,
+dequantized weights above), for llama and qwen2 (QKV bias), at batch sizes 10 down to 1."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from seekserve.models.layers.linear import PackedLinear, native_linear
+from seekserve.models.layers.quant import Int8Linear
+from seekserve.runner import cpu_kernels
+from seekserve.runner.inputs import prepare_inputs
+from seekserve.sampling_params import SamplingParams
+from tests.conftest import build_tiny_llama
+from tests.models.engine_drivers import make_engine
+from tests.models.test_llama_qwen2 import build_tiny_qwen2
+
+
+class CountingDecoder:
+    def __init__(self, decoder) -> None:
+        self.decoder, self.calls = decoder, 0
+
+    def forward(self, *args):
+        self.calls += 1
+        return self.decoder.forward(*args)
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    assert cpu_kernels.enable(), "the CPU kernels did not build (see the log for the reason)"
+    return cpu_kernels.get(torch.device("cpu"))
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2"])
+def model_dir(request, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp(f"native-{request.param}")
+    if request.param == "llama":
+        return build_tiny_llama(directory, num_hidden_layers=3)
+    return build_tiny_qwen2(directory)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "quantization"), [("float32", None), ("bfloat16", None), ("bfloat16", "int8")]
+)
+def test_decode_steps_equal_the_python_layers(kernels, model_dir, dtype, quantization):
+    engine = make_engine(
+        model_dir,
+        dtype=dtype,
+        quantization=quantization,
+        num_blocks=128,
+        max_num_seqs=10,
+        max_num_batched_tokens=256,
+    )
+    model = engine.runner.model
+    assert model.native_decoder is not None
+    native = CountingDecoder(model.native_decoder)
+    model.native_decoder = native
+    generator = torch.Generator().manual_seed(3)
+    for index in range(10):  # requests finish one by one: decode batches of 10 down to 1
+        prompt = torch.randint(0, 256, (1 + 3 * index,), generator=generator).tolist()
+        params = SamplingParams(max_tokens=3 + 2 * index, temperature=0.0, ignore_eos=True)
+        engine.add_request(str(index), prompt, params)
+    batch_sizes = []
+    while engine.has_unfinished_requests():
+        output = engine.scheduler.schedule()
+        inputs = prepare_inputs(output, engine.runner.block_size).to(
+            engine.runner.device, engine.runner.kv_cache.dtype
+        )
+        with torch.inference_mode():
+            ours = model(inputs)  # the native decoder on decode-only steps
+            model.native_decoder = None
+            try:
+                theirs = model(inputs)  # the Python layers (writing the same K/V again)
+            finally:
+                model.native_decoder = native
+            logits = model.compute_logits(ours[inputs.logits_indices])
+        if inputs.is_decode_only:
+            batch_sizes.append(len(output.scheduled))
+            assert torch.equal(ours, theirs), f"decode batch of {len(output.scheduled)}"
+        sampled = dict(zip(inputs.sample_request_ids, logits.argmax(-1).tolist(), strict=True))
+        engine.scheduler.update(output, sampled)
+    assert sorted(set(batch_sizes)) == list(range(1, 11))
+    assert native.calls == len(batch_sizes)  # every decode-only step, nothing else
+
+
+@pytest.mark.parametrize("rows", [1, 4, 5, 17])
+def test_native_linears_equal_their_modules(kernels, rows):
+    generator = torch.Generator().manual_seed(rows)
+    plain = nn.Linear(48, 80, bias=True)
+    with torch.no_grad():
+        plain.weight.copy_(torch.randn(80, 48, generator=generator))
+        plain.bias.copy_(torch.randn(80, generator=generator))
+    bf16 = nn.Linear(48, 80, bias=True).to(torch.bfloat16)
+    bf16.load_state_dict(plain.state_dict())
+    modules = {"dense": plain, "packed": PackedLinear(bf16), "int8": Int8Linear(bf16)}
+    for name, module in modules.items():
+        dtype = torch.float32 if name == "dense" else torch.bfloat16
+        x = torch.randn(rows, 48, generator=generator).to(dtype)
+        with torch.inference_mode():
+            assert torch.equal(native_linear(module, kernels)(x), module(x)), name
+
+
+def test_an_unknown_linear_module_has_no_native_form(kernels):
+    assert native_linear(nn.Identity(), kernels) is None
