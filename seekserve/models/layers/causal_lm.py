@@ -34,7 +34,7 @@ class CausalLM(nn.Module):
     def attention_layers(self) -> list[nn.Module]:
         return [layer.self_attn for layer in self.model.layers]
 
-    def build_native_decoder(self, kernels: Any) -> Any:
+    def build_native_decoder(self, kernels: Any) -> Any:  # noqa: ARG002
         """The CPU kernels' `Decoder` computing this model's decode steps, built after the
         runner bound the KV caches; None where the architecture (or a layer) has none."""
         return None
