@@ -22,6 +22,7 @@ from seekserve.engine.outputs import EngineOutput
 from seekserve.engine.request import Request
 from seekserve.engine.scheduler import Scheduler
 from seekserve.models.config import ModelArchConfig
+from seekserve.runner import cpu_kernels
 from seekserve.runner.model_runner import ModelRunner, kv_bytes_per_block
 from seekserve.sampling.constraints import GrammarFactory
 from seekserve.sampling_params import SamplingParams
@@ -125,7 +126,10 @@ class Engine:
         if config.model.quantization == "int8":
             from seekserve.models.layers.quant import quantize_linears_int8
 
-            logger.info("int8 weight-only: %d linear layers", quantize_linears_int8(model))
+            device = torch.device(config.model.device)
+            fast = device.type == "cpu" and config.use_cpu_kernels and cpu_kernels.enable()
+            count = quantize_linears_int8(model, cpu_kernels.get(device) if fast else None)
+            logger.info("int8 weight-only: %d linear layers", count)
         elif config.use_cpu_kernels:
             from seekserve.models.layers.linear import pack_linears
 

@@ -33,7 +33,13 @@ from seekserve.config import kernels_dir
 logger = logging.getLogger(__name__)
 
 _CSRC = Path(__file__).parent / "csrc"
-_SOURCES = ("bindings.cpp", "paged_attention.cpp", "norm_activation.cpp", "decoder.cpp")
+_SOURCES = (
+    "bindings.cpp",
+    "paged_attention.cpp",
+    "norm_activation.cpp",
+    "decoder.cpp",
+    "linear_int8.cpp",
+)
 _lock = threading.Lock()
 _module: Any = None
 _failed = False

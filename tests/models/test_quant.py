@@ -50,3 +50,17 @@ def test_int8_engine_logits_stay_close_to_the_unquantized_ones(tiny_llama_dir):
     cosine = torch.nn.functional.cosine_similarity(full, int8, dim=0)
     assert cosine > 0.995
     assert int(full.argmax()) == int(int8.argmax())
+
+
+def test_the_tiled_int8_kernel_computes_the_same_quantized_layer():
+    from seekserve.runner import cpu_kernels
+
+    assert cpu_kernels.enable()
+    torch.manual_seed(1)
+    linear = nn.Linear(48, 20, bias=True).to(torch.bfloat16)
+    tiled = Int8Linear(linear, cpu_kernels.get(torch.device("cpu")))
+    plain = Int8Linear(linear)
+    assert tiled.max_rows == 8 and plain.max_rows == 4
+    for rows in (1, 3, 5, 8, 9):  # tiled kernel up to 8 rows, int8pack_mm up to 4
+        x = torch.randn(rows, 48).to(torch.bfloat16)
+        torch.testing.assert_close(tiled(x), plain(x), rtol=1e-2, atol=2e-2)

@@ -145,3 +145,42 @@ def test_rotary_in_place_follows_transformers(kernels, dtype):
     tolerance = 1e-6 if dtype == torch.float32 else 0.0
     torch.testing.assert_close(qk, expected, rtol=tolerance, atol=tolerance)
     assert torch.equal(qkv[:, 6 * 16 :], v_before)  # only the q and k heads are touched
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("out_features", "in_features"), [(64, 48), (70, 37), (5, 3)])
+def test_int8_linear_equals_the_dequantized_product(kernels, dtype, out_features, in_features):
+    """Any N (tiles of 32 outputs, the last one padded) and any K (odd: the tail of the
+    two-rows-at-a-time loop), 1 to 9 rows (groups of 4 rows and their remainders)."""
+    generator = torch.Generator().manual_seed(out_features)
+    weight = torch.randint(-127, 128, (out_features, in_features), generator=generator)
+    weight = weight.to(torch.int8)
+    scales = torch.rand(out_features, generator=generator) / 50
+    bias = torch.randn(out_features, generator=generator).to(dtype)
+    packed = kernels.pack_int8(weight)
+    assert packed.shape == (-(-out_features // 32), in_features, 32)
+    for rows in range(1, 10):
+        x = torch.randn(rows, in_features, generator=generator).to(dtype)
+        expected = (x.float() @ weight.float().T) * scales
+        ours = kernels.int8_linear(x, packed, scales, None)
+        assert ours.dtype == dtype and ours.shape == (rows, out_features)
+        # fp32 sums in another order; bf16: one rounding of the result
+        tolerance = 1e-5 if dtype == torch.float32 else 8e-3
+        torch.testing.assert_close(ours.float(), expected, rtol=tolerance, atol=1e-4)
+        with_bias = kernels.int8_linear(x, packed, scales, bias)
+        torch.testing.assert_close(
+            with_bias.float(), expected + bias.float(), rtol=tolerance, atol=1e-4
+        )
+
+
+def test_int8_linear_rejects_mismatched_tensors(kernels):
+    packed = kernels.pack_int8(torch.zeros(40, 16, dtype=torch.int8))
+    x = torch.randn(2, 16)
+    with pytest.raises(RuntimeError, match="int8 tensor"):
+        kernels.pack_int8(torch.zeros(4, 4))
+    with pytest.raises(RuntimeError, match="K = x.size"):
+        kernels.int8_linear(torch.randn(2, 8), packed, torch.ones(40), None)
+    with pytest.raises(RuntimeError, match="scales must be"):
+        kernels.int8_linear(x, packed, torch.ones(70), None)
+    with pytest.raises(RuntimeError, match="bias must be"):
+        kernels.int8_linear(x, packed, torch.ones(40), torch.ones(40).bfloat16())

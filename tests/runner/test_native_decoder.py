@@ -97,7 +97,12 @@ def test_native_linears_equal_their_modules(kernels, rows):
         plain.bias.copy_(torch.randn(80, generator=generator))
     bf16 = nn.Linear(48, 80, bias=True).to(torch.bfloat16)
     bf16.load_state_dict(plain.state_dict())
-    modules = {"dense": plain, "packed": PackedLinear(bf16), "int8": Int8Linear(bf16)}
+    modules = {
+        "dense": plain,
+        "packed": PackedLinear(bf16),
+        "int8": Int8Linear(bf16),
+        "int8 tiled": Int8Linear(bf16, kernels),
+    }
     for name, module in modules.items():
         dtype = torch.float32 if name == "dense" else torch.bfloat16
         x = torch.randn(rows, 48, generator=generator).to(dtype)

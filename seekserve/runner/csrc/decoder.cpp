@@ -56,9 +56,10 @@ Linear Linear::packed(torch::Tensor packed_weight, std::optional<torch::Tensor> 
 }
 
 Linear Linear::int8(torch::Tensor weight_int8, torch::Tensor scales,
-                    std::optional<torch::Tensor> bias, const Linear& dense, int64_t max_rows) {
+                    std::optional<torch::Tensor> bias, const Linear& dense, int64_t max_rows,
+                    bool tiled) {
   Linear linear;
-  linear.kind_ = Kind::kInt8;
+  linear.kind_ = tiled ? Kind::kInt8Tiled : Kind::kInt8;
   linear.weight_ = std::move(weight_int8);
   linear.scales_ = std::move(scales);
   linear.bias_ = std::move(bias);
@@ -73,18 +74,20 @@ torch::Tensor Linear::operator()(const torch::Tensor& x) const {
       return at::linear(x, weight_, bias_);
     case Kind::kPacked:
       return packed_linear(x, weight_, bias_);
-    case Kind::kInt8: {
-      const int64_t in_features = weight_.size(1);
-      const auto flat = x.reshape({-1, in_features});
+    case Kind::kInt8:
+    case Kind::kInt8Tiled: {
+      const auto flat = x.reshape({-1, x.size(-1)});
       torch::Tensor out;
-      if (flat.size(0) <= max_rows_) {
+      if (flat.size(0) > max_rows_) {
+        out = (*dense_)(flat);
+      } else if (kind_ == Kind::kInt8Tiled) {
+        out = int8_linear(flat.contiguous(), weight_, scales_, bias_);
+      } else {
         out = at::_weight_int8pack_mm(flat, weight_, scales_);
         if (bias_.has_value()) out = out + *bias_;
-      } else {
-        out = (*dense_)(flat);
       }
       auto sizes = x.sizes().vec();
-      sizes.back() = weight_.size(0);
+      sizes.back() = out.size(-1);
       return out.reshape(sizes);
     }
   }

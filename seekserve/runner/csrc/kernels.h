@@ -31,19 +31,26 @@ torch::Tensor add_rms_norm(torch::Tensor& residual, const torch::Tensor& delta,
 torch::Tensor silu_and_mul(const torch::Tensor& gate_up);
 void rotary_(torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);
 
+// linear_int8.cpp
+torch::Tensor pack_int8(const torch::Tensor& weight);
+torch::Tensor int8_linear(const torch::Tensor& x, const torch::Tensor& packed,
+                          const torch::Tensor& scales, const std::optional<torch::Tensor>& bias);
+
 // decoder.cpp: a linear layer as its Python module computes it, callable without Python.
 class Linear {
  public:
   static Linear dense(torch::Tensor weight, std::optional<torch::Tensor> bias);
   // weight in oneDNN's packed layout (models/layers/linear.py: pack_weight)
   static Linear packed(torch::Tensor packed_weight, std::optional<torch::Tensor> bias);
-  // int8 kernel up to max_rows rows, `dense` (the dequantized weights) above
+  // an int8 kernel up to max_rows rows, `dense` (the dequantized weights) above: tiled →
+  // int8_linear on pack_int8's layout, else at::_weight_int8pack_mm on (N, K) weights
   static Linear int8(torch::Tensor weight_int8, torch::Tensor scales,
-                     std::optional<torch::Tensor> bias, const Linear& dense, int64_t max_rows);
+                     std::optional<torch::Tensor> bias, const Linear& dense, int64_t max_rows,
+                     bool tiled);
   torch::Tensor operator()(const torch::Tensor& x) const;
 
  private:
-  enum class Kind { kDense, kPacked, kInt8 };
+  enum class Kind { kDense, kPacked, kInt8, kInt8Tiled };
   Kind kind_ = Kind::kDense;
   torch::Tensor weight_, scales_;
   std::optional<torch::Tensor> bias_;
