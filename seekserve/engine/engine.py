@@ -123,17 +123,17 @@ class Engine:
         dtype = resolve_dtype(config.model.dtype, config.model.device)
         path = Path(config.model.model)
         model, arch = load_model(path, dtype, config.model.device)
+        device = torch.device(config.model.device)
+        fast = device.type == "cpu" and config.use_cpu_kernels and cpu_kernels.enable()
+        kernels = cpu_kernels.get(device) if fast else None
         if config.model.quantization == "int8":
             from seekserve.models.layers.quant import quantize_linears_int8
 
-            device = torch.device(config.model.device)
-            fast = device.type == "cpu" and config.use_cpu_kernels and cpu_kernels.enable()
-            count = quantize_linears_int8(model, cpu_kernels.get(device) if fast else None)
-            logger.info("int8 weight-only: %d linear layers", count)
+            logger.info("int8 weight-only: %d linear layers", quantize_linears_int8(model, kernels))
         elif config.use_cpu_kernels:
             from seekserve.models.layers.linear import pack_linears
 
-            if packed := pack_linears(model):
+            if packed := pack_linears(model, kernels):
                 logger.info("%d linear layers prepacked for oneDNN", packed)
         return cls(config, model, arch, dtype, eos_token_ids, model_fingerprint(path), grammars)
 

@@ -39,6 +39,7 @@ _SOURCES = (
     "norm_activation.cpp",
     "decoder.cpp",
     "linear_int8.cpp",
+    "linear_bf16.cpp",
 )
 _lock = threading.Lock()
 _module: Any = None

@@ -184,3 +184,35 @@ def test_int8_linear_rejects_mismatched_tensors(kernels):
         kernels.int8_linear(x, packed, torch.ones(70), None)
     with pytest.raises(RuntimeError, match="bias must be"):
         kernels.int8_linear(x, packed, torch.ones(40), torch.ones(40).bfloat16())
+
+
+@pytest.mark.parametrize(("out_features", "in_features"), [(64, 48), (70, 37), (5, 3)])
+def test_bf16_linear_equals_the_fp32_product(kernels, out_features, in_features):
+    """Any N (tiles of 32 outputs, the last one padded), any K (odd: a zero-padded last
+    pair), 1 to 9 rows (groups of 4 rows and their remainders); fp32 sums, one rounding."""
+    generator = torch.Generator().manual_seed(out_features)
+    weight = torch.randn(out_features, in_features, generator=generator).to(torch.bfloat16)
+    bias = torch.randn(out_features, generator=generator).to(torch.bfloat16)
+    packed = kernels.pack_bf16(weight)
+    assert packed.shape == (-(-out_features // 32), -(-in_features // 2), 32, 2)
+    for rows in range(1, 10):
+        x = torch.randn(rows, in_features, generator=generator).to(torch.bfloat16)
+        expected = x.float() @ weight.float().T
+        ours = kernels.bf16_linear(x, packed, out_features, None)
+        assert ours.dtype == torch.bfloat16 and ours.shape == (rows, out_features)
+        torch.testing.assert_close(ours.float(), expected, rtol=8e-3, atol=1e-4)
+        with_bias = kernels.bf16_linear(x, packed, out_features, bias)
+        torch.testing.assert_close(with_bias.float(), expected + bias.float(), rtol=8e-3, atol=1e-4)
+
+
+def test_bf16_linear_rejects_mismatched_tensors(kernels):
+    packed = kernels.pack_bf16(torch.zeros(40, 16, dtype=torch.bfloat16))
+    x = torch.randn(2, 16).to(torch.bfloat16)
+    with pytest.raises(RuntimeError, match="bf16 tensor"):
+        kernels.pack_bf16(torch.zeros(4, 4))
+    with pytest.raises(RuntimeError, match="x must be"):
+        kernels.bf16_linear(x.float(), packed, 40, None)
+    with pytest.raises(RuntimeError, match="N = out_features"):
+        kernels.bf16_linear(x, packed, 70, None)
+    with pytest.raises(RuntimeError, match="bias must be"):
+        kernels.bf16_linear(x, packed, 40, torch.ones(40))

@@ -88,7 +88,7 @@ def test_decode_steps_equal_the_python_layers(kernels, model_dir, dtype, quantiz
     assert native.calls == len(batch_sizes)  # every decode-only step, nothing else
 
 
-@pytest.mark.parametrize("rows", [1, 4, 5, 17])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 17])
 def test_native_linears_equal_their_modules(kernels, rows):
     generator = torch.Generator().manual_seed(rows)
     plain = nn.Linear(48, 80, bias=True)
@@ -100,6 +100,7 @@ def test_native_linears_equal_their_modules(kernels, rows):
     modules = {
         "dense": plain,
         "packed": PackedLinear(bf16),
+        "packed tiled": PackedLinear(bf16, kernels),
         "int8": Int8Linear(bf16),
         "int8 tiled": Int8Linear(bf16, kernels),
     }

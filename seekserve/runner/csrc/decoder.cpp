@@ -47,11 +47,16 @@ Linear Linear::dense(torch::Tensor weight, std::optional<torch::Tensor> bias) {
   return linear;
 }
 
-Linear Linear::packed(torch::Tensor packed_weight, std::optional<torch::Tensor> bias) {
+Linear Linear::packed(torch::Tensor packed_weight, std::optional<torch::Tensor> bias,
+                      std::optional<torch::Tensor> tiled_weight, int64_t out_features,
+                      int64_t max_rows) {
   Linear linear;
   linear.kind_ = Kind::kPacked;
   linear.weight_ = std::move(packed_weight);
   linear.bias_ = std::move(bias);
+  if (tiled_weight.has_value()) linear.tiled_ = std::move(*tiled_weight);
+  linear.out_features_ = out_features;
+  linear.max_rows_ = tiled_weight.has_value() ? max_rows : 0;
   return linear;
 }
 
@@ -72,8 +77,16 @@ torch::Tensor Linear::operator()(const torch::Tensor& x) const {
   switch (kind_) {
     case Kind::kDense:
       return at::linear(x, weight_, bias_);
-    case Kind::kPacked:
-      return packed_linear(x, weight_, bias_);
+    case Kind::kPacked: {
+      const int64_t in_features = x.size(-1);
+      if (max_rows_ == 0 || x.numel() > max_rows_ * in_features) {
+        return packed_linear(x, weight_, bias_);
+      }
+      const auto out = bf16_linear(x.reshape({-1, in_features}).contiguous(), tiled_, out_features_, bias_);
+      auto sizes = x.sizes().vec();
+      sizes.back() = out_features_;
+      return out.reshape(sizes);
+    }
     case Kind::kInt8:
     case Kind::kInt8Tiled: {
       const auto flat = x.reshape({-1, x.size(-1)});

@@ -36,12 +36,20 @@ torch::Tensor pack_int8(const torch::Tensor& weight);
 torch::Tensor int8_linear(const torch::Tensor& x, const torch::Tensor& packed,
                           const torch::Tensor& scales, const std::optional<torch::Tensor>& bias);
 
+// linear_bf16.cpp
+torch::Tensor pack_bf16(const torch::Tensor& weight);
+torch::Tensor bf16_linear(const torch::Tensor& x, const torch::Tensor& packed, int64_t out_features,
+                          const std::optional<torch::Tensor>& bias);
+
 // decoder.cpp: a linear layer as its Python module computes it, callable without Python.
 class Linear {
  public:
   static Linear dense(torch::Tensor weight, std::optional<torch::Tensor> bias);
-  // weight in oneDNN's packed layout (models/layers/linear.py: pack_weight)
-  static Linear packed(torch::Tensor packed_weight, std::optional<torch::Tensor> bias);
+  // weight in oneDNN's packed layout (models/layers/linear.py: pack_weight); up to max_rows
+  // rows, bf16_linear on `tiled_weight` (pack_bf16's layout) where given
+  static Linear packed(torch::Tensor packed_weight, std::optional<torch::Tensor> bias,
+                       std::optional<torch::Tensor> tiled_weight, int64_t out_features,
+                       int64_t max_rows);
   // an int8 kernel up to max_rows rows, `dense` (the dequantized weights) above: tiled →
   // int8_linear on pack_int8's layout, else at::_weight_int8pack_mm on (N, K) weights
   static Linear int8(torch::Tensor weight_int8, torch::Tensor scales,
@@ -52,10 +60,10 @@ class Linear {
  private:
   enum class Kind { kDense, kPacked, kInt8, kInt8Tiled };
   Kind kind_ = Kind::kDense;
-  torch::Tensor weight_, scales_;
+  torch::Tensor weight_, scales_, tiled_;
   std::optional<torch::Tensor> bias_;
   std::shared_ptr<Linear> dense_;
-  int64_t max_rows_ = 0;
+  int64_t max_rows_ = 0, out_features_ = 0;
 };
 
 // decoder.cpp: the decode step of a llama-family model, all layers in one call.
