@@ -11,10 +11,6 @@ from torch import nn
 
 from seekserve.runner import cpu_kernels
 
-SILU_KERNEL_MAX_ROWS = 8
-"""The fused kernel saves two op launches per layer, but its exp is scalar: beyond a few
-rows PyTorch's vectorised silu and mul are faster (64 rows of 1536: 344 vs 58 µs)."""
-
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     return F.gelu(x, approximate="tanh")
@@ -35,12 +31,7 @@ class GatedMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate_up = self.gate_up_proj(x)
         kernels = cpu_kernels.get(x.device)
-        if (
-            kernels is not None
-            and self.activation is F.silu
-            and gate_up.is_contiguous()
-            and gate_up.shape[0] <= SILU_KERNEL_MAX_ROWS
-        ):
+        if kernels is not None and self.activation is F.silu and gate_up.is_contiguous():
             return self.down_proj(kernels.silu_and_mul(gate_up))
         gate, up = gate_up.chunk(2, dim=-1)
         return self.down_proj(self.activation(gate) * up)

@@ -24,8 +24,6 @@
 
 namespace {
 
-constexpr int64_t kSiluKernelMaxRows = 8;  // mlp.py's SILU_KERNEL_MAX_ROWS
-
 at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed,
                          const std::optional<at::Tensor>& bias) {
   static const auto op =
@@ -152,14 +150,7 @@ torch::Tensor Decoder::forward(torch::Tensor x, const torch::Tensor& block_table
     const auto delta = layer.o(attn.reshape({tokens, -1})).contiguous();
     const auto normed = add_rms_norm(x, delta, layer.post_norm, eps_);  // x += delta
     const auto gate_up = layer.gate_up(normed);
-    torch::Tensor act;
-    if (gate_up.is_contiguous() && tokens <= kSiluKernelMaxRows) {
-      act = silu_and_mul(gate_up);
-    } else {
-      const auto halves = gate_up.chunk(2, -1);
-      act = at::silu(halves[0]) * halves[1];
-    }
-    x = x + layer.down(act);
+    x = x + layer.down(silu_and_mul(gate_up.contiguous()));
   }
   return rms_norm(x, final_norm_, eps_);
 }

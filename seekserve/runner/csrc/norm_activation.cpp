@@ -48,6 +48,65 @@ void norm_rows(const T* __restrict__ in, const T* __restrict__ weight, T* __rest
   });
 }
 
+// silu(g) · u for elements [begin, n) of one row, one element at a time.
+template <typename T>
+void silu_mul_scalar(const T* gate, const T* up, T* dst, int64_t begin, int64_t n) {
+  for (int64_t i = begin; i < n; ++i) {
+    const float g = to_float(gate[i]);
+    const T act = static_cast<T>(g / (1.0f + std::exp(-g)));
+    dst[i] = static_cast<T>(to_float(act) * to_float(up[i]));
+  }
+}
+
+// The first elements of a row, 16 at a time where the CPU has the instructions; returns how
+// many it did.
+template <typename T>
+int64_t silu_mul_vector(const T*, const T*, T*, int64_t) {
+  return 0;
+}
+
+#if defined(__AVX512F__)
+inline __m512 silu16(__m512 g) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  return _mm512_div_ps(g, _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), g))));
+}
+
+template <>
+int64_t silu_mul_vector<float>(const float* gate, const float* up, float* dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 act = silu16(_mm512_loadu_ps(gate + i));
+    _mm512_storeu_ps(dst + i, _mm512_mul_ps(act, _mm512_loadu_ps(up + i)));
+  }
+  return i;
+}
+#endif
+
+#if defined(__AVX512BF16__)
+inline __m512 load_bf16(const c10::BFloat16* p) {
+  const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
+
+// round to bf16 (nearest even, as c10::BFloat16) and back to fp32
+inline __m512 round_bf16(__m512 x) {
+  const __m256i bits = (__m256i)_mm512_cvtneps_pbh(x);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
+
+template <>
+int64_t silu_mul_vector<c10::BFloat16>(const c10::BFloat16* gate, const c10::BFloat16* up,
+                                        c10::BFloat16* dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 act = round_bf16(silu16(load_bf16(gate + i)));
+    const __m256bh out = _mm512_cvtneps_pbh(_mm512_mul_ps(act, load_bf16(up + i)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), (__m256i)out);
+  }
+  return i;
+}
+#endif
+
 template <typename T>
 void silu_mul_rows(const T* __restrict__ gate_up, T* __restrict__ out, int64_t rows,
                    int64_t n) {
@@ -56,11 +115,7 @@ void silu_mul_rows(const T* __restrict__ gate_up, T* __restrict__ out, int64_t r
       const T* gate = gate_up + r * 2 * n;
       const T* up = gate + n;
       T* dst = out + r * n;
-      for (int64_t i = 0; i < n; ++i) {
-        const float g = to_float(gate[i]);
-        const T act = static_cast<T>(g / (1.0f + std::exp(-g)));
-        dst[i] = static_cast<T>(to_float(act) * to_float(up[i]));
-      }
+      silu_mul_scalar(gate, up, dst, silu_mul_vector(gate, up, dst, n), n);
     }
   });
 }

@@ -67,7 +67,15 @@ void decode_attention(const T* __restrict__ q, const T* __restrict__ kv,
           const float new_max = std::max(max_score[h], block_max);
           const float correction = std::exp(max_score[h] - new_max);
           float sum = 0.0f;
-          for (int64_t t = 0; t < n; ++t) {
+          int64_t t = 0;
+#if defined(__AVX512F__)
+          for (; t + 16 <= n; t += 16) {  // the whole block at once where it holds 16 tokens
+            const __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(p + t), _mm512_set1_ps(new_max)));
+            _mm512_storeu_ps(p + t, e);
+            sum += _mm512_reduce_add_ps(e);
+          }
+#endif
+          for (; t < n; ++t) {
             p[t] = std::exp(p[t] - new_max);
             sum += p[t];
           }
