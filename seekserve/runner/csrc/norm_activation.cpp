@@ -83,11 +83,6 @@ int64_t silu_mul_vector<float>(const float* gate, const float* up, float* dst, i
 #endif
 
 #if defined(__AVX512BF16__)
-inline __m512 load_bf16(const c10::BFloat16* p) {
-  const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
-}
-
 // round to bf16 (nearest even, as c10::BFloat16) and back to fp32
 inline __m512 round_bf16(__m512 x) {
   const __m256i bits = (__m256i)_mm512_cvtneps_pbh(x);
