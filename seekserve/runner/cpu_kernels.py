@@ -40,6 +40,7 @@ _SOURCES = (
     "decoder.cpp",
     "linear_int8.cpp",
     "linear_bf16.cpp",
+    "argmax.cpp",
 )
 _lock = threading.Lock()
 _module: Any = None

@@ -216,3 +216,26 @@ def test_bf16_linear_rejects_mismatched_tensors(kernels):
         kernels.bf16_linear(x, packed, 70, None)
     with pytest.raises(RuntimeError, match="bias must be"):
         kernels.bf16_linear(x, packed, 40, torch.ones(40))
+
+
+@pytest.mark.parametrize("vocab", [1, 5, 16, 17, 33, 49157])
+def test_argmax_rows_equals_torch_argmax(kernels, vocab):
+    """Random rows and rows full of ties (the first maximal index wins), every length around
+    the 16-wide vector loop."""
+    generator = torch.Generator().manual_seed(vocab)
+    for scores in (
+        torch.randn(7, vocab, generator=generator),
+        torch.randint(0, 3, (7, vocab), generator=generator).float(),
+    ):
+        assert torch.equal(kernels.argmax_rows(scores), scores.argmax(dim=-1))
+
+
+def test_argmax_rows_handles_nan_and_infinities(kernels):
+    scores = torch.randn(4, 100, generator=torch.Generator().manual_seed(0))
+    scores[0, 3] = float("inf")
+    scores[1, 50] = scores[1, 70] = float("nan")
+    scores[2, 99] = float("nan")  # in the scalar tail
+    scores[3] = float("-inf")
+    assert kernels.argmax_rows(scores).tolist() == [3, 50, 99, 0] == scores.argmax(-1).tolist()
+    with pytest.raises(RuntimeError, match="fp32"):
+        kernels.argmax_rows(scores.bfloat16())

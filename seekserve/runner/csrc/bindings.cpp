@@ -12,6 +12,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rotary_", &rotary_, release(), "rotate-half rotary embedding in place, transformers' rounding");
   m.def("pack_int8", &pack_int8, "(N, K) int8 weights → int8_linear's tiled layout");
   m.def("int8_linear", &int8_linear, release(), "x @ (int8 weights · scales)ᵀ (+ bias), fp32 sums");
+  m.def("argmax_rows", &argmax_rows, release(), "first maximal index of each row (NaN first)");
   m.def("pack_bf16", &pack_bf16, "(N, K) bf16 weights → bf16_linear's tiled layout");
   m.def("bf16_linear", &bf16_linear, release(), "x @ weightᵀ (+ bias) for a few rows, fp32 sums");
   pybind11::class_<Linear>(m, "Linear", "a linear layer as its Python module computes it")

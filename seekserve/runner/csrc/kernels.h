@@ -67,6 +67,9 @@ torch::Tensor pack_int8(const torch::Tensor& weight);
 torch::Tensor int8_linear(const torch::Tensor& x, const torch::Tensor& packed,
                           const torch::Tensor& scales, const std::optional<torch::Tensor>& bias);
 
+// argmax.cpp
+torch::Tensor argmax_rows(const torch::Tensor& logits);
+
 // linear_bf16.cpp
 torch::Tensor pack_bf16(const torch::Tensor& weight);
 torch::Tensor bf16_linear(const torch::Tensor& x, const torch::Tensor& packed, int64_t out_features,
