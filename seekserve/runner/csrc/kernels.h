@@ -3,6 +3,9 @@
 
 #include <torch/extension.h>
 
+#include <ATen/Parallel.h>
+
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -49,6 +52,28 @@ inline __m512 load_bf16(const c10::BFloat16* p) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
 }
 #endif
+
+// The loop both tiled matrix-vector kernels run (linear_bf16.cpp, linear_int8.cpp): tiles of
+// kTileWidth outputs spread over PyTorch's intra-op threads; in each tile the rows in groups of
+// up to kTileRows, `dot(t, m0, count, sums)` filling sums[m · kTileWidth + j] for rows m0 + m,
+// then `store(row, n0, width, sums_of_row)` for each of them.
+constexpr int64_t kTileWidth = 32, kTileRows = 4;
+
+template <typename Dot, typename Store>
+void for_each_tile(int64_t rows, int64_t n_size, const Dot& dot, const Store& store) {
+  const int64_t tiles = (n_size + kTileWidth - 1) / kTileWidth;
+  at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
+    float sums[kTileRows * kTileWidth];
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t n0 = t * kTileWidth, width = std::min(kTileWidth, n_size - n0);
+      for (int64_t m0 = 0; m0 < rows; m0 += kTileRows) {
+        const int64_t count = std::min(kTileRows, rows - m0);
+        dot(t, m0, count, sums);
+        for (int64_t m = 0; m < count; ++m) store(m0 + m, n0, width, sums + m * kTileWidth);
+      }
+    }
+  });
+}
 
 // paged_attention.cpp
 torch::Tensor paged_decode_attention(const torch::Tensor& q, const torch::Tensor& kv_cache,

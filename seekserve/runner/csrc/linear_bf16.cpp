@@ -23,8 +23,7 @@
 
 namespace {
 
-constexpr int64_t kTile = 32;          // outputs per tile
-constexpr int64_t kRows = 4;           // rows of x sharing one weight load
+constexpr int64_t kTile = kTileWidth;  // outputs per tile (kernels.h)
 constexpr int64_t kPrefetchPairs = 32;  // 4 KiB ahead, as in linear_int8.cpp
 
 // sums[m][j] = Σ_p w[p][j] · x[m][p] for one tile; x as packed bf16 pairs (uint32 each).
@@ -126,30 +125,24 @@ torch::Tensor bf16_linear(const torch::Tensor& x, const torch::Tensor& packed, i
   auto* dst = out.data_ptr<c10::BFloat16>();
   const auto* w = reinterpret_cast<const uint16_t*>(packed.data_ptr<c10::BFloat16>());
   const c10::BFloat16* b = bias.has_value() ? bias->data_ptr<c10::BFloat16>() : nullptr;
-  at::parallel_for(0, packed.size(0), 1, [&](int64_t begin, int64_t end) {
-    float sums[kRows * kTile];
-    for (int64_t t = begin; t < end; ++t) {
-      const uint16_t* tile = w + t * pairs * kTile * 2;
-      const int64_t n0 = t * kTile, width = std::min(kTile, out_features - n0);
-      for (int64_t m0 = 0; m0 < rows; m0 += kRows) {
-        const int64_t count = std::min(kRows, rows - m0);
-        const uint32_t* xm = xp.data() + m0 * pairs;
-        switch (count) {
-          case 1: tile_dot<1>(tile, xm, pairs, sums); break;
-          case 2: tile_dot<2>(tile, xm, pairs, sums); break;
-          case 3: tile_dot<3>(tile, xm, pairs, sums); break;
-          default: tile_dot<4>(tile, xm, pairs, sums); break;
-        }
-        for (int64_t m = 0; m < count; ++m) {
-          c10::BFloat16* row = dst + (m0 + m) * out_features + n0;
-          for (int64_t j = 0; j < width; ++j) {
-            float value = sums[m * kTile + j];
-            if (b != nullptr) value += to_float(b[n0 + j]);
-            row[j] = static_cast<c10::BFloat16>(value);
-          }
-        }
-      }
+  auto dot = [&](int64_t t, int64_t m0, int64_t count, float* sums) {
+    const uint16_t* tile = w + t * pairs * kTile * 2;
+    const uint32_t* xm = xp.data() + m0 * pairs;
+    switch (count) {  // up to kTileRows rows share each weight load
+      case 1: tile_dot<1>(tile, xm, pairs, sums); break;
+      case 2: tile_dot<2>(tile, xm, pairs, sums); break;
+      case 3: tile_dot<3>(tile, xm, pairs, sums); break;
+      default: tile_dot<4>(tile, xm, pairs, sums); break;
     }
-  });
+  };
+  auto store = [&](int64_t m, int64_t n0, int64_t width, const float* sums) {
+    c10::BFloat16* row = dst + m * out_features + n0;
+    for (int64_t j = 0; j < width; ++j) {
+      float value = sums[j];
+      if (b != nullptr) value += to_float(b[n0 + j]);
+      row[j] = static_cast<c10::BFloat16>(value);
+    }
+  };
+  for_each_tile(rows, out_features, dot, store);
   return out;
 }

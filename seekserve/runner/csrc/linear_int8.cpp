@@ -24,8 +24,7 @@
 
 namespace {
 
-constexpr int64_t kTile = 32;   // outputs per tile: two 16-lane fp32 accumulators
-constexpr int64_t kRows = 4;    // rows of x sharing one widened weight vector
+constexpr int64_t kTile = kTileWidth;  // outputs per tile (kernels.h): two 16-lane sums
 // Software prefetch this many k rows (4 KiB) ahead of the loads: SmolLM2-135M's 120 layer
 // matmuls at batch 1 took 7.2 ms without it, 6.4 / 4.4 / 3.6 / 4.1 ms at 8 / 64 / 128 / 256
 // rows ahead (3.6 ms is 30 GB/s, what a plain streaming read of the same bytes reaches here).
@@ -94,32 +93,25 @@ void int8_rows(const T* __restrict__ x, const int8_t* __restrict__ w,
                int64_t rows, int64_t k_size, int64_t n_size) {
   std::vector<float> xf(rows * k_size);
   for (int64_t i = 0; i < rows * k_size; ++i) xf[i] = to_float(x[i]);
-  const int64_t tiles = (n_size + kTile - 1) / kTile;
-  at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
-    float sums[kRows * kTile];
-    for (int64_t t = begin; t < end; ++t) {
-      const int8_t* tile = w + t * k_size * kTile;
-      const int64_t n0 = t * kTile, width = std::min(kTile, n_size - n0);
-      for (int64_t m0 = 0; m0 < rows; m0 += kRows) {
-        const int64_t count = std::min(kRows, rows - m0);
-        const float* xs = xf.data() + m0 * k_size;
-        switch (count) {
-          case 1: tile_dot<1>(tile, xs, k_size, sums); break;
-          case 2: tile_dot<2>(tile, xs, k_size, sums); break;
-          case 3: tile_dot<3>(tile, xs, k_size, sums); break;
-          default: tile_dot<4>(tile, xs, k_size, sums); break;
-        }
-        for (int64_t m = 0; m < count; ++m) {
-          T* dst = out + (m0 + m) * n_size + n0;
-          for (int64_t j = 0; j < width; ++j) {
-            float value = sums[m * kTile + j] * scales[n0 + j];
-            if (bias != nullptr) value += to_float(bias[n0 + j]);
-            dst[j] = static_cast<T>(value);
-          }
-        }
-      }
+  auto dot = [&](int64_t t, int64_t m0, int64_t count, float* sums) {
+    const int8_t* tile = w + t * k_size * kTile;
+    const float* xs = xf.data() + m0 * k_size;
+    switch (count) {  // up to kTileRows rows share each widened weight vector
+      case 1: tile_dot<1>(tile, xs, k_size, sums); break;
+      case 2: tile_dot<2>(tile, xs, k_size, sums); break;
+      case 3: tile_dot<3>(tile, xs, k_size, sums); break;
+      default: tile_dot<4>(tile, xs, k_size, sums); break;
     }
-  });
+  };
+  auto store = [&](int64_t m, int64_t n0, int64_t width, const float* sums) {
+    T* dst = out + m * n_size + n0;
+    for (int64_t j = 0; j < width; ++j) {
+      float value = sums[j] * scales[n0 + j];
+      if (bias != nullptr) value += to_float(bias[n0 + j]);
+      dst[j] = static_cast<T>(value);
+    }
+  };
+  for_each_tile(rows, n_size, dot, store);
 }
 
 }  // namespace
