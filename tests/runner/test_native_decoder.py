@@ -113,3 +113,16 @@ def test_native_linears_equal_their_modules(kernels, rows):
 
 def test_an_unknown_linear_module_has_no_native_form(kernels):
     assert native_linear(nn.Identity(), kernels) is None
+
+
+def test_kernels_built_without_vector_instructions_leave_linears_on_onednn():
+    """A kernels build without AVX512-BF16 / AVX-512 runs the tiled kernels as plain loops,
+    slower than oneDNN: the layers then keep no tiled copy."""
+    from types import SimpleNamespace
+
+    plain = SimpleNamespace(fast_bf16_linear=False, fast_int8_linear=False)
+    bf16 = nn.Linear(48, 80).to(torch.bfloat16)
+    packed, quantized = PackedLinear(bf16, plain), Int8Linear(bf16, plain)
+    assert packed.kernels is None and packed.tiled_weight is None
+    assert quantized.kernels is None and quantized.weight_int8.shape == (80, 48)
+    assert quantized.max_rows == 4  # torch._weight_int8pack_mm

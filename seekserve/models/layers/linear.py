@@ -54,7 +54,8 @@ TILED_MAX_ROWS = 2
 
 class PackedLinear(nn.Module):
     """An `nn.Linear` whose weight lives in oneDNN's packed layout (no dense copy) and, with
-    `kernels` (SeekServe's CPU kernels module), also in `bf16_linear`'s tiled layout."""
+    `kernels` (SeekServe's CPU kernels module, built with AVX512-BF16), also in
+    `bf16_linear`'s tiled layout."""
 
     def __init__(self, linear: nn.Linear, kernels: Any = None) -> None:
         super().__init__()
@@ -62,8 +63,8 @@ class PackedLinear(nn.Module):
         self.register_buffer("packed_weight", pack_weight(linear.weight))
         bias = linear.bias.detach() if linear.bias is not None else None
         self.register_buffer("bias", bias)
-        self.kernels = kernels
-        tiled = None if kernels is None else kernels.pack_bf16(linear.weight.detach())
+        self.kernels = kernels if kernels is not None and kernels.fast_bf16_linear else None
+        tiled = None if self.kernels is None else kernels.pack_bf16(linear.weight.detach())
         self.register_buffer("tiled_weight", tiled)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

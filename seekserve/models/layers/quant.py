@@ -30,8 +30,8 @@ TILED_MAX_ROWS = 8
 
 class Int8Linear(nn.Module):
     def __init__(self, linear: nn.Linear, kernels: Any = None) -> None:
-        """`kernels`: SeekServe's CPU kernels module (`cpu_kernels.get`): the weights are kept
-        in `int8_linear`'s tiled layout and the kernel is always used for few rows."""
+        """`kernels`: SeekServe's CPU kernels module (`cpu_kernels.get`; built with AVX-512):
+        the weights are kept in `int8_linear`'s tiled layout and the kernel serves few rows."""
         super().__init__()
         weight = linear.weight.detach().float()
         scales = weight.abs().amax(dim=1).clamp(min=1e-8) / 127.0  # (out,)
@@ -39,8 +39,8 @@ class Int8Linear(nn.Module):
         dtype = linear.weight.dtype
         scales = scales.to(dtype)  # every path multiplies by these
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.kernels = kernels
-        if kernels is not None:
+        self.kernels = kernels if kernels is not None and kernels.fast_int8_linear else None
+        if self.kernels is not None:
             self.register_buffer("weight_int8", kernels.pack_int8(quantized))  # tiled
             self.register_buffer("scales", scales.float())
             self.max_rows = TILED_MAX_ROWS

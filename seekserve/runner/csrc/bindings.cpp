@@ -13,6 +13,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pack_int8", &pack_int8, "(N, K) int8 weights → int8_linear's tiled layout");
   m.def("int8_linear", &int8_linear, release(), "x @ (int8 weights · scales)ᵀ (+ bias), fp32 sums");
   m.def("argmax_rows", &argmax_rows, release(), "first maximal index of each row (NaN first)");
+  // whether the tiled matrix-vector kernels were built with their vector instructions (without
+  // them they run plain loops, slower than oneDNN: callers then keep to oneDNN)
+#if defined(__AVX512BF16__)
+  m.attr("fast_bf16_linear") = true;
+#else
+  m.attr("fast_bf16_linear") = false;
+#endif
+#if defined(__AVX512F__)
+  m.attr("fast_int8_linear") = true;
+#else
+  m.attr("fast_int8_linear") = false;
+#endif
   m.def("pack_bf16", &pack_bf16, "(N, K) bf16 weights → bf16_linear's tiled layout");
   m.def("bf16_linear", &bf16_linear, release(), "x @ weightᵀ (+ bias) for a few rows, fp32 sums");
   pybind11::class_<Linear>(m, "Linear", "a linear layer as its Python module computes it")
