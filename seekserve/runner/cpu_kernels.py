@@ -9,8 +9,13 @@
 * `rms_norm`, `add_rms_norm` (residual add fused in), `silu_and_mul`: one pass per row where
   PyTorch's composite versions launch 6-10 ops (F.rms_norm on bf16 took 120 µs for 64 rows
   of 576 here, the kernel takes a few µs).
+* `bf16_linear` / `int8_linear` (with `pack_bf16` / `pack_int8`): matrix-vector products for
+  decode on weights tiled at load, streamed at memory speed (`models/layers/linear.py`,
+  `quant.py` use them); `argmax_rows`: greedy decoding's argmax, rows in parallel.
+* `Decoder` / `Linear`: a llama-family decode step, all layers in one call without Python
+  (`models/layers/causal_lm.py`).
 
-The extension is built with `torch.utils.cpp_extension` (g++ and ninja, ~30 s once) into
+The extension is built with `torch.utils.cpp_extension` (g++ and ninja, ~2 min once) into
 `kernels_dir()/<torch version>-<CPU flags hash>` (~/.cache/seekserve/kernels), with
 `-march=native`: a build only ever runs on the CPU it was made for. Without a compiler, or with
 `SEEKSERVE_CPU_KERNELS=0`, everything runs on the plain PyTorch path (same results up to
@@ -69,7 +74,7 @@ def _load() -> Any:
 
             directory = _build_directory()
             directory.mkdir(parents=True, exist_ok=True)
-            logger.info("loading SeekServe's CPU kernels (first use builds them: ~30 s)")
+            logger.info("loading SeekServe's CPU kernels (first use builds them: ~2 min)")
             _module = load(
                 name="seekserve_cpu_kernels",
                 sources=[str(_CSRC / name) for name in _SOURCES],

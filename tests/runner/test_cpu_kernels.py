@@ -1,6 +1,6 @@
 """SeekServe's CPU kernels against the PyTorch path they replace (the slow reference):
 paged decode attention against gather + SDPA, the norms and the activation against the
-transformers arithmetic. The kernels build on first use (g++ and ninja; ~30 s once)."""
+transformers arithmetic. The kernels build on first use (g++ and ninja; ~2 min once)."""
 
 from __future__ import annotations
 
