@@ -4,6 +4,8 @@ transformers arithmetic. The kernels build on first use (g++ and ninja; ~2 min o
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -203,6 +205,37 @@ def test_bf16_linear_equals_the_fp32_product(kernels, out_features, in_features)
         torch.testing.assert_close(ours.float(), expected, rtol=8e-3, atol=1e-4)
         with_bias = kernels.bf16_linear(x, packed, out_features, bias)
         torch.testing.assert_close(with_bias.float(), expected + bias.float(), rtol=8e-3, atol=1e-4)
+
+
+def cpu_flags() -> set[str]:
+    lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    return set(next((ln.split(":", 1)[1] for ln in lines if ln.startswith("flags")), "").split())
+
+
+def test_amx_is_used_where_the_cpu_has_it(kernels):
+    """The kernels are built with -march=native: AMX's tile products exist exactly where the
+    CPU reports amx_bf16 (and Linux grants the tile state)."""
+    assert kernels.amx_bf16_available() == ("amx_bf16" in cpu_flags())
+
+
+@pytest.mark.parametrize(("out_features", "in_features"), [(33, 32), (96, 576), (40, 1536)])
+def test_bf16_linear_amx_rows_equal_the_fp32_product(kernels, out_features, in_features):
+    """From 3 rows on, with K a multiple of 32, bf16_linear takes AMX's tile products (where
+    the CPU has them): 16 or 32 rows a pass, the rows padded to 16, a last partial tile of
+    outputs; fp32 sums, one rounding."""
+    generator = torch.Generator().manual_seed(in_features)
+    weight = torch.randn(out_features, in_features, generator=generator).to(torch.bfloat16)
+    bias = torch.randn(out_features, generator=generator).to(torch.bfloat16)
+    packed = kernels.pack_bf16(weight)
+    for rows in (3, 15, 16, 17, 31, 32, 33, 48, 70):
+        x = torch.randn(rows, in_features, generator=generator).to(torch.bfloat16)
+        expected = x.float() @ weight.float().T + bias.float()
+        ours = kernels.bf16_linear(x, packed, out_features, bias)
+        assert ours.shape == (rows, out_features)
+        torch.testing.assert_close(ours.float(), expected, rtol=8e-3, atol=1e-3)
+        # each row as computed alone (the vector path at 1 row): equal up to the sum order
+        alone = kernels.bf16_linear(x[rows - 1 :], packed, out_features, bias)
+        torch.testing.assert_close(ours[rows - 1 :].float(), alone.float(), rtol=8e-3, atol=1e-3)
 
 
 def test_bf16_linear_rejects_mismatched_tensors(kernels):

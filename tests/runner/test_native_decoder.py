@@ -11,7 +11,12 @@ import pytest
 import torch
 from torch import nn
 
-from seekserve.models.layers.linear import PackedLinear, native_linear
+from seekserve.models.layers.linear import (
+    AMX_MAX_ROWS,
+    TILED_MAX_ROWS,
+    PackedLinear,
+    native_linear,
+)
 from seekserve.models.layers.quant import Int8Linear
 from seekserve.runner import cpu_kernels
 from seekserve.runner.inputs import prepare_inputs
@@ -88,14 +93,15 @@ def test_decode_steps_equal_the_python_layers(kernels, model_dir, dtype, quantiz
     assert native.calls == len(batch_sizes)  # every decode-only step, nothing else
 
 
-@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 17])
-def test_native_linears_equal_their_modules(kernels, rows):
+@pytest.mark.parametrize("in_features", [48, 64])  # 64: bf16_linear's AMX path from 3 rows
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 17, 32, 33])
+def test_native_linears_equal_their_modules(kernels, rows, in_features):
     generator = torch.Generator().manual_seed(rows)
-    plain = nn.Linear(48, 80, bias=True)
+    plain = nn.Linear(in_features, 80, bias=True)
     with torch.no_grad():
-        plain.weight.copy_(torch.randn(80, 48, generator=generator))
+        plain.weight.copy_(torch.randn(80, in_features, generator=generator))
         plain.bias.copy_(torch.randn(80, generator=generator))
-    bf16 = nn.Linear(48, 80, bias=True).to(torch.bfloat16)
+    bf16 = nn.Linear(in_features, 80, bias=True).to(torch.bfloat16)
     bf16.load_state_dict(plain.state_dict())
     modules = {
         "dense": plain,
@@ -106,7 +112,7 @@ def test_native_linears_equal_their_modules(kernels, rows):
     }
     for name, module in modules.items():
         dtype = torch.float32 if name == "dense" else torch.bfloat16
-        x = torch.randn(rows, 48, generator=generator).to(dtype)
+        x = torch.randn(rows, in_features, generator=generator).to(dtype)
         with torch.inference_mode():
             assert torch.equal(native_linear(module, kernels)(x), module(x)), name
 
@@ -126,3 +132,28 @@ def test_kernels_built_without_vector_instructions_leave_linears_on_onednn():
     assert packed.kernels is None and packed.tiled_weight is None
     assert quantized.kernels is None and quantized.weight_int8.shape == (80, 48)
     assert quantized.max_rows == 4  # torch._weight_int8pack_mm
+
+
+@pytest.mark.parametrize(("amx", "max_rows"), [(True, AMX_MAX_ROWS), (False, TILED_MAX_ROWS)])
+def test_packed_linears_take_the_tiled_kernel_up_to_its_row_limit(amx, max_rows):
+    """With AMX, bf16_linear beats oneDNN up to AMX_MAX_ROWS rows; without, up to
+    TILED_MAX_ROWS. Calls within the limit go to the kernel, the others to oneDNN."""
+    from types import SimpleNamespace
+
+    calls = []
+
+    def bf16_linear(x, tiled, out_features, bias):
+        calls.append(x.shape[0])
+        return torch.zeros(x.shape[0], out_features, dtype=x.dtype)
+
+    fake = SimpleNamespace(
+        fast_bf16_linear=True,
+        amx_bf16_available=lambda: amx,
+        pack_bf16=lambda weight: weight.clone(),
+        bf16_linear=bf16_linear,
+    )
+    layer = PackedLinear(nn.Linear(64, 8).to(torch.bfloat16), fake)
+    assert layer.max_rows == max_rows
+    for rows in (1, max_rows, max_rows + 1):
+        layer(torch.randn(rows, 64).to(torch.bfloat16))
+    assert calls == [1, max_rows]

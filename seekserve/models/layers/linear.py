@@ -14,8 +14,10 @@ Only bf16 is packed: for fp32 the packed path is slower at batch 1 on these CPUs
 With SeekServe's CPU kernels, a `PackedLinear` also keeps the weight in `bf16_linear`'s
 tiled layout (`runner/csrc/linear_bf16.cpp`) for calls of up to `TILED_MAX_ROWS` rows: oneDNN
 reads the weights at ~16 GB/s at batch 1, the kernel at ~22 GB/s (SmolLM2-135M's 120 layer
-matmuls: 12.6 against 16.5 ms; equal at 3-4 rows, slower above). The price is a second copy of
-the weights in memory.
+matmuls: 12.6 against 16.5 ms; equal at 3-4 rows, slower above). Where the CPU has AMX, the
+kernel multiplies 3 to `AMX_MAX_ROWS` rows with AMX's tile products from the same layout, at
+the speed of one row (121 matmuls at 16 rows: 15.0 against oneDNN's 20.1 ms; at 64 rows both
+~28 ms). The price is a second copy of the weights in memory.
 """
 
 from __future__ import annotations
@@ -51,6 +53,17 @@ def packed_linear(
 TILED_MAX_ROWS = 2
 """Calls with at most this many rows take `bf16_linear` (when the layer has its layout)."""
 
+AMX_MAX_ROWS = 32
+"""... or this many, where `bf16_linear` has AMX's tile products (from 3 rows)."""
+
+
+def tiled_max_rows(kernels: Any) -> int:
+    """How many rows a call may have to take `bf16_linear` rather than oneDNN: 0 without
+    kernels built with AVX512-BF16."""
+    if kernels is None or not kernels.fast_bf16_linear:
+        return 0
+    return AMX_MAX_ROWS if kernels.amx_bf16_available() else TILED_MAX_ROWS
+
 
 class PackedLinear(nn.Module):
     """An `nn.Linear` whose weight lives in oneDNN's packed layout (no dense copy) and, with
@@ -63,21 +76,21 @@ class PackedLinear(nn.Module):
         self.register_buffer("packed_weight", pack_weight(linear.weight))
         bias = linear.bias.detach() if linear.bias is not None else None
         self.register_buffer("bias", bias)
-        self.kernels = kernels if kernels is not None and kernels.fast_bf16_linear else None
+        self.max_rows = tiled_max_rows(kernels)
+        self.kernels = kernels if self.max_rows else None
         tiled = None if self.kernels is None else kernels.pack_bf16(linear.weight.detach())
         self.register_buffer("tiled_weight", tiled)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kernels is not None and x.numel() <= TILED_MAX_ROWS * self.in_features:
+        if self.kernels is not None and x.numel() <= self.max_rows * self.in_features:
             flat = x.reshape(-1, self.in_features).contiguous()
             out = self.kernels.bf16_linear(flat, self.tiled_weight, self.out_features, self.bias)
             return out.reshape(*x.shape[:-1], self.out_features)
         return packed_linear(x, self.packed_weight, self.bias)
 
     def native(self, kernels: Any) -> Any:
-        max_rows = TILED_MAX_ROWS if self.kernels is not None else 0
         return kernels.Linear.packed(
-            self.packed_weight, self.bias, self.tiled_weight, self.out_features, max_rows
+            self.packed_weight, self.bias, self.tiled_weight, self.out_features, self.max_rows
         )
 
 

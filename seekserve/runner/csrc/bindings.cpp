@@ -26,6 +26,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("fast_int8_linear") = false;
 #endif
   m.def("pack_bf16", &pack_bf16, "(N, K) bf16 weights → bf16_linear's tiled layout");
+  m.def("amx_bf16_available", &amx_bf16_available, "whether bf16_linear may use AMX tiles");
   m.def("bf16_linear", &bf16_linear, release(), "x @ weightᵀ (+ bias) for a few rows, fp32 sums");
   pybind11::class_<Linear>(m, "Linear", "a linear layer as its Python module computes it")
       .def_static("dense", &Linear::dense)

@@ -6,6 +6,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -53,16 +54,34 @@ inline __m512 load_bf16(const c10::BFloat16* p) {
 }
 #endif
 
-// The loop both tiled matrix-vector kernels run (linear_bf16.cpp, linear_int8.cpp): tiles of
-// kTileWidth outputs spread over PyTorch's intra-op threads; in each tile the rows in groups of
-// up to kTileRows, `dot(t, m0, count, sums)` filling sums[m · kTileWidth + j] for rows m0 + m,
-// then `store(row, n0, width, sums_of_row)` for each of them.
-constexpr int64_t kTileWidth = 32, kTileRows = 4;
+constexpr int64_t kTileWidth = 32, kTileRows = 4;  // outputs per tile, rows per weight load
 
+// `body(begin, end)` over [0, count) in chunks that the intra-op threads take in turn, so a
+// thread that the OS has paused (the event loop, another process) delays only its own chunk.
+template <typename Body>
+void for_each_tile_dynamic(int64_t count, const Body& body) {
+  const int64_t threads = std::min<int64_t>(at::get_num_threads(), count);
+  if (threads <= 1 || at::in_parallel_region()) {
+    body(0, count);
+    return;
+  }
+  const int64_t chunk = std::max<int64_t>(1, count / (threads * 8));
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+    for (int64_t begin = next.fetch_add(chunk); begin < count; begin = next.fetch_add(chunk)) {
+      body(begin, std::min(count, begin + chunk));
+    }
+  });
+}
+
+// The loop both tiled matrix-vector kernels run (linear_bf16.cpp, linear_int8.cpp): tiles of
+// kTileWidth outputs taken in chunks by PyTorch's intra-op threads; in each tile the rows in
+// groups of up to kTileRows, `dot(t, m0, count, sums)` filling sums[m · kTileWidth + j] for rows
+// m0 + m, then `store(row, n0, width, sums_of_row)` for each of them.
 template <typename Dot, typename Store>
 void for_each_tile(int64_t rows, int64_t n_size, const Dot& dot, const Store& store) {
   const int64_t tiles = (n_size + kTileWidth - 1) / kTileWidth;
-  at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
+  auto body = [&](int64_t begin, int64_t end) {
     float sums[kTileRows * kTileWidth];
     for (int64_t t = begin; t < end; ++t) {
       const int64_t n0 = t * kTileWidth, width = std::min(kTileWidth, n_size - n0);
@@ -72,7 +91,8 @@ void for_each_tile(int64_t rows, int64_t n_size, const Dot& dot, const Store& st
         for (int64_t m = 0; m < count; ++m) store(m0 + m, n0, width, sums + m * kTileWidth);
       }
     }
-  });
+  };
+  for_each_tile_dynamic(tiles, body);
 }
 
 // paged_attention.cpp
@@ -99,6 +119,7 @@ torch::Tensor argmax_rows(const torch::Tensor& logits);
 torch::Tensor pack_bf16(const torch::Tensor& weight);
 torch::Tensor bf16_linear(const torch::Tensor& x, const torch::Tensor& packed, int64_t out_features,
                           const std::optional<torch::Tensor>& bias);
+bool amx_bf16_available();
 
 // decoder.cpp: a linear layer as its Python module computes it, callable without Python.
 class Linear {
