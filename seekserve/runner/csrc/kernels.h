@@ -59,7 +59,7 @@ constexpr int64_t kTileWidth = 32, kTileRows = 4;  // outputs per tile, rows per
 // `body(begin, end)` over [0, count) in chunks that the intra-op threads take in turn, so a
 // thread that the OS has paused (the event loop, another process) delays only its own chunk.
 template <typename Body>
-void for_each_tile_dynamic(int64_t count, const Body& body) {
+void parallel_chunks(int64_t count, const Body& body) {
   const int64_t threads = std::min<int64_t>(at::get_num_threads(), count);
   if (threads <= 1 || at::in_parallel_region()) {
     body(0, count);
@@ -92,7 +92,7 @@ void for_each_tile(int64_t rows, int64_t n_size, const Dot& dot, const Store& st
       }
     }
   };
-  for_each_tile_dynamic(tiles, body);
+  parallel_chunks(tiles, body);
 }
 
 // paged_attention.cpp

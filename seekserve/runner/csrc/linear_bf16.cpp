@@ -225,7 +225,7 @@ torch::Tensor bf16_linear(const torch::Tensor& x, const torch::Tensor& packed, i
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__)
   if (amx) {
     const int64_t tiles = (out_features + kTile - 1) / kTile;
-    for_each_tile_dynamic(tiles, [&](int64_t begin, int64_t end) {
+    parallel_chunks(tiles, [&](int64_t begin, int64_t end) {
       const TileConfig config = [] {
         TileConfig c;
         for (int i = 0; i < 8; ++i) c.colsb[i] = 64, c.rows[i] = 16;

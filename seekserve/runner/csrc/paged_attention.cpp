@@ -8,7 +8,8 @@
 //
 // Work item = (request, kv head): the H / Hkv query heads of that kv head are scored against
 // each K row once it is converted to fp32; accumulation in fp32, as SDPA's CPU kernel does.
-// Items are spread over PyTorch's intra-op threads (at::parallel_for).
+// Items (their cost grows with the request's length) are taken in chunks by PyTorch's intra-op
+// threads (kernels.h: parallel_chunks).
 #include "kernels.h"
 
 #include <ATen/Parallel.h>
@@ -34,7 +35,7 @@ void decode_attention(const T* __restrict__ q, const T* __restrict__ kv,
   const int64_t token_stride = num_kv_heads * head_dim;
   const int64_t block_stride = block_size * token_stride;
   const int64_t plane_stride = num_blocks * block_stride;
-  at::parallel_for(0, batch * num_kv_heads, 1, [&](int64_t begin, int64_t end) {
+  parallel_chunks(batch * num_kv_heads, [&](int64_t begin, int64_t end) {
     std::vector<float> qf(group * head_dim), acc(group * head_dim), row(head_dim);
     std::vector<float> probs(group * block_size), max_score(group), denom(group);
     float* __restrict__ r = row.data();
@@ -199,7 +200,7 @@ void decode_attention_bf16(const c10::BFloat16* q, const c10::BFloat16* kv,
   const int64_t token_stride = num_kv_heads * kDim;
   const int64_t block_stride = 16 * token_stride;
   const int64_t plane_stride = num_blocks * block_stride;
-  at::parallel_for(0, batch * num_kv_heads, 1, [&](int64_t begin, int64_t end) {
+  parallel_chunks(batch * num_kv_heads, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / num_kv_heads, g = item % num_kv_heads;
       const int64_t row = (b * num_kv_heads + g) * kGroup * kDim;  // == (b·H + g·group)·D
