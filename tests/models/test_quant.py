@@ -7,7 +7,12 @@ import torch
 from torch import nn
 
 from seekserve.engine.engine import Engine
-from seekserve.models.layers.quant import Int8Linear, quantize_linears_int8
+from seekserve.models.layers.quant import (
+    AMX_MAX_ROWS,
+    TILED_MAX_ROWS,
+    Int8Linear,
+    quantize_linears_int8,
+)
 from seekserve.sampling_params import SamplingParams
 from tests.conftest import engine_config
 
@@ -57,10 +62,13 @@ def test_the_tiled_int8_kernel_computes_the_same_quantized_layer():
 
     assert cpu_kernels.enable()
     torch.manual_seed(1)
-    linear = nn.Linear(48, 20, bias=True).to(torch.bfloat16)
-    tiled = Int8Linear(linear, cpu_kernels.get(torch.device("cpu")))
+    linear = nn.Linear(64, 20, bias=True).to(torch.bfloat16)
+    kernels = cpu_kernels.get(torch.device("cpu"))
+    tiled = Int8Linear(linear, kernels)
     plain = Int8Linear(linear)
-    assert tiled.max_rows == 8 and plain.max_rows == 4
-    for rows in (1, 3, 5, 8, 9):  # tiled kernel up to 8 rows, int8pack_mm up to 4
-        x = torch.randn(rows, 48).to(torch.bfloat16)
+    assert tiled.max_rows == (AMX_MAX_ROWS if kernels.amx_bf16_available() else TILED_MAX_ROWS)
+    assert plain.max_rows == 4
+    # tiled kernel up to max_rows (AMX from 3 rows), int8pack_mm up to 4
+    for rows in (1, 3, 5, 8, 9, 32, 33):
+        x = torch.randn(rows, 64).to(torch.bfloat16)
         torch.testing.assert_close(tiled(x), plain(x), rtol=1e-2, atol=2e-2)

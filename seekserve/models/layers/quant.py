@@ -6,7 +6,9 @@ unquantized model's.
 Two int8 kernels, both for a few rows of activations (decode):
 * with SeekServe's CPU kernels, `int8_linear` (`runner/csrc/linear_int8.cpp`) on weights
   tiled at load: SmolLM2-135M's 120 layer matmuls take 3.6 ms at batch 1 (30 GB/s, the
-  machine's streaming read rate), 4.5 ms at 4 rows, 8.8 ms at 8;
+  machine's streaming read rate), 4.5 ms at 4 rows, 8.8 ms at 8; where the CPU has AMX, bf16
+  activations of 3 to `AMX_MAX_ROWS` rows go through AMX's tile products instead, the int8
+  weights widened to bf16 on the fly;
 * otherwise `torch._weight_int8pack_mm`: 10 ms at batch 1, 2.7x slower than bf16 at 16 rows.
 Above `max_rows` rows a matrix-matrix product wins, so each layer also keeps its dequantized
 weights (int8 * scale, rounded to the compute dtype) in the dense (oneDNN-packed where
@@ -26,6 +28,8 @@ INT8_MAX_ROWS = 4
 """Calls with at most this many rows (tokens) take `torch._weight_int8pack_mm`."""
 TILED_MAX_ROWS = 8
 """... or SeekServe's `int8_linear` (8 rows: 8.8 ms against 13.4 ms for the bf16 matmuls)."""
+AMX_MAX_ROWS = 32
+"""... up to this many where `int8_linear` has AMX's tile products (from 3 rows, bf16)."""
 
 
 class Int8Linear(nn.Module):
@@ -43,7 +47,8 @@ class Int8Linear(nn.Module):
         if self.kernels is not None:
             self.register_buffer("weight_int8", kernels.pack_int8(quantized))  # tiled
             self.register_buffer("scales", scales.float())
-            self.max_rows = TILED_MAX_ROWS
+            amx = dtype == torch.bfloat16 and kernels.amx_bf16_available()
+            self.max_rows = AMX_MAX_ROWS if amx else TILED_MAX_ROWS
         else:
             self.register_buffer("weight_int8", quantized)  # (out, in)
             self.register_buffer("scales", scales)

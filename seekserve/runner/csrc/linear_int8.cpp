@@ -29,6 +29,8 @@ constexpr int64_t kTile = kTileWidth;  // outputs per tile (kernels.h): two 16-l
 // matmuls at batch 1 took 7.2 ms without it, 6.4 / 4.4 / 3.6 / 4.1 ms at 8 / 64 / 128 / 256
 // rows ahead (3.6 ms is 30 GB/s, what a plain streaming read of the same bytes reaches here).
 constexpr int64_t kPrefetchRows = 128;
+// bf16 x of kAmxMinRows..kAmxMaxRows rows takes AMX's tile products where the CPU has them
+constexpr int64_t kAmxMinRows = 3, kAmxMaxRows = 32;
 
 #if defined(__AVX512F__)
 inline __m512 widen(const int8_t* p) {
@@ -84,6 +86,101 @@ void tile_dot(const int8_t* __restrict__ w, const float* __restrict__ x, int64_t
       for (int64_t j = 0; j < kTile; ++j) out[m * kTile + j] += static_cast<float>(w[k * kTile + j]) * xv;
     }
   }
+}
+#endif
+
+
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512F__)
+// AMX path for bf16 x, 3-32 rows, K a multiple of 32: each 32-k slab of a tile is widened to
+// bf16 (int8 values are exact in bf16) into AMX's pair layout in a 2 KiB scratch, then
+// multiplied by tile products (tdpbf16ps: bf16 products, fp32 sums), 32 rows of x at once. It
+// streams int8 weights like the vector path, with one widening per weight for all rows.
+//
+// Scratch row p of half h: the 16 outputs 16h..16h+15, each as (w[k0 + 2p], w[k0 + 2p + 1]).
+inline void widen_slab(const int8_t* w, uint16_t* scratch) {
+  const __m512i high = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
+  for (int p = 0; p < 16; ++p) {
+    const int8_t* row = w + 2 * p * kTile;
+    _mm_prefetch(reinterpret_cast<const char*>(row + kPrefetchRows * kTile), _MM_HINT_T0);
+    for (int h = 0; h < 2; ++h) {
+      const __m512i even = _mm512_castps_si512(widen(row + 16 * h));
+      const __m512i odd = _mm512_castps_si512(widen(row + kTile + 16 * h));
+      // bf16 of an exact float = its top 16 bits: (even's top half, odd's top half) per output
+      const __m512i pairs = _mm512_or_si512(_mm512_srli_epi32(even, 16), _mm512_and_si512(odd, high));
+      _mm512_store_si512(scratch + h * 512 + p * 32, pairs);
+    }
+  }
+}
+
+// sums (16·kA rows × 32, row stride 32) = x rows (bf16 pairs, stride `pairs`) · int8 tile
+template <int kA>
+void amx_int8_tile(const int8_t* w, const uint32_t* x, int64_t k_size, uint16_t* scratch,
+                   float* sums) {
+  const int64_t pairs = k_size / 2;
+  _tile_zero(0);
+  _tile_zero(1);
+  if constexpr (kA == 2) {
+    _tile_zero(2);
+    _tile_zero(3);
+  }
+  for (int64_t k0 = 0; k0 < k_size; k0 += 32) {
+    widen_slab(w + k0 * kTile, scratch);
+    _tile_loadd(6, scratch, 64);
+    _tile_loadd(7, scratch + 512, 64);
+    _tile_loadd(4, x + k0 / 2, pairs * 4);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    if constexpr (kA == 2) {
+      _tile_loadd(5, x + 16 * pairs + k0 / 2, pairs * 4);
+      _tile_dpbf16ps(2, 5, 6);
+      _tile_dpbf16ps(3, 5, 7);
+    }
+  }
+  _tile_stored(0, sums, kTile * 4);
+  _tile_stored(1, sums + 16, kTile * 4);
+  if constexpr (kA == 2) {
+    _tile_stored(2, sums + 16 * kTile, kTile * 4);
+    _tile_stored(3, sums + 16 * kTile + 16, kTile * 4);
+  }
+}
+
+struct TileConfig {
+  uint8_t palette_id = 1, start_row = 0, reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+void int8_rows_amx(const c10::BFloat16* x, const int8_t* w, const float* scales,
+                   const c10::BFloat16* bias, c10::BFloat16* out, int64_t rows, int64_t k_size,
+                   int64_t n_size) {
+  const int64_t pairs = k_size / 2, padded_rows = (rows + 15) / 16 * 16;
+  std::vector<uint32_t> xp(padded_rows * pairs, 0);  // rows padded to AMX's 16 with zeros
+  std::memcpy(xp.data(), x, rows * k_size * sizeof(c10::BFloat16));
+  const int64_t tiles = (n_size + kTile - 1) / kTile;
+  parallel_chunks(tiles, [&](int64_t begin, int64_t end) {
+    TileConfig config;
+    for (int i = 0; i < 8; ++i) config.colsb[i] = 64, config.rows[i] = 16;
+    _tile_loadconfig(&config);
+    alignas(64) uint16_t scratch[2 * 512];
+    alignas(64) float sums[32 * kTile];
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t n0 = t * kTile, width = std::min(kTile, n_size - n0);
+      if (padded_rows > 16) {
+        amx_int8_tile<2>(w + t * k_size * kTile, xp.data(), k_size, scratch, sums);
+      } else {
+        amx_int8_tile<1>(w + t * k_size * kTile, xp.data(), k_size, scratch, sums);
+      }
+      for (int64_t m = 0; m < rows; ++m) {
+        c10::BFloat16* dst = out + m * n_size + n0;
+        for (int64_t j = 0; j < width; ++j) {
+          float value = sums[m * kTile + j] * scales[n0 + j];
+          if (bias != nullptr) value += to_float(bias[n0 + j]);
+          dst[j] = static_cast<c10::BFloat16>(value);
+        }
+      }
+    }
+    _tile_release();
+  });
 }
 #endif
 
@@ -143,6 +240,15 @@ torch::Tensor int8_linear(const torch::Tensor& x, const torch::Tensor& packed,
                 "bias must be a contiguous (N,) tensor in x's dtype");
   }
   auto out = torch::empty({x.size(0), n_size}, x.options());
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512F__)
+  if (x.scalar_type() == torch::kBFloat16 && x.size(0) >= kAmxMinRows &&
+      x.size(0) <= kAmxMaxRows && x.size(1) % 32 == 0 && amx_bf16_available()) {
+    int8_rows_amx(x.data_ptr<c10::BFloat16>(), packed.data_ptr<int8_t>(), scales.data_ptr<float>(),
+                  bias.has_value() ? bias->data_ptr<c10::BFloat16>() : nullptr,
+                  out.data_ptr<c10::BFloat16>(), x.size(0), x.size(1), n_size);
+    return out;
+  }
+#endif
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::ScalarType::BFloat16, at::ScalarType::Half, x.scalar_type(), "int8_linear", [&] {
         int8_rows<scalar_t>(x.data_ptr<scalar_t>(), packed.data_ptr<int8_t>(),
