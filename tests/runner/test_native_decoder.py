@@ -94,7 +94,7 @@ def test_decode_steps_equal_the_python_layers(kernels, model_dir, dtype, quantiz
 
 
 @pytest.mark.parametrize("in_features", [48, 64])  # 64: bf16_linear's AMX path from 3 rows
-@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 17, 32, 33])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 17, 32, 33, 64, 65])
 def test_native_linears_equal_their_modules(kernels, rows, in_features):
     generator = torch.Generator().manual_seed(rows)
     plain = nn.Linear(in_features, 80, bias=True)

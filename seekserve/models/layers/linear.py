@@ -16,8 +16,9 @@ tiled layout (`runner/csrc/linear_bf16.cpp`) for calls of up to `TILED_MAX_ROWS`
 reads the weights at ~16 GB/s at batch 1, the kernel at ~22 GB/s (SmolLM2-135M's 120 layer
 matmuls: 12.6 against 16.5 ms; equal at 3-4 rows, slower above). Where the CPU has AMX, the
 kernel multiplies 3 to `AMX_MAX_ROWS` rows with AMX's tile products from the same layout, at
-the speed of one row (121 matmuls at 16 rows: 15.0 against oneDNN's 20.1 ms; at 64 rows both
-~28 ms). The price is a second copy of the weights in memory.
+the speed of one row up to 16 rows (121 matmuls at 16 rows: 15.0 against oneDNN's 20.1 ms; at
+64 rows both ~28 ms alone, but served at c=64 the step took 68 against 78 ms: the kernel's
+threads take tiles in chunks, oneDNN's wait for each other when the OS pauses one). The price is a second copy of the weights in memory.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def packed_linear(
 TILED_MAX_ROWS = 2
 """Calls with at most this many rows take `bf16_linear` (when the layer has its layout)."""
 
-AMX_MAX_ROWS = 32
+AMX_MAX_ROWS = 64
 """... or this many, where `bf16_linear` has AMX's tile products (from 3 rows)."""
 
 

@@ -15,8 +15,8 @@
 // From kAmxMinRows rows, where the CPU has AMX and K is a multiple of 32, the same layout feeds
 // AMX's tile products instead (tdpbf16ps: a 16×32 by 32×16 product per instruction), 32 rows of
 // x a pass. oneDNN at 3-32 rows reads the weights at ~11-14 GB/s; this path at ~18 GB/s, the
-// speed of 1 row (SmolLM2-135M's 121 matmuls at 16 rows: 15.0 against 20.1 ms, one run). From
-// ~64 rows oneDNN is as fast (`models/layers/linear.py: AMX_MAX_ROWS`).
+// speed of 1 row (SmolLM2-135M's 121 matmuls at 16 rows: 15.0 against 20.1 ms, one run). At 64
+// rows they tie alone; above, oneDNN (`models/layers/linear.py: AMX_MAX_ROWS`).
 #include "kernels.h"
 
 #include <ATen/Parallel.h>
