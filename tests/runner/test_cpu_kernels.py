@@ -177,16 +177,16 @@ def test_int8_linear_equals_the_dequantized_product(kernels, dtype, out_features
 
 @pytest.mark.parametrize(("out_features", "in_features"), [(33, 32), (96, 576), (40, 1536)])
 def test_int8_linear_amx_rows_equal_the_dequantized_product(kernels, out_features, in_features):
-    """bf16 x of 3 to 32 rows with K a multiple of 32 takes AMX's tile products where the CPU
-    has them (int8 widened to bf16 exactly; rows padded to 16); 33 rows and up, the vector
-    path again. fp32 sums, one rounding."""
+    """bf16 x of 3 to 64 rows with K a multiple of 32 takes AMX's tile products where the CPU
+    has them (int8 widened to bf16 exactly; 32 rows a pass, padded to 16); 65 rows and up,
+    the vector path again. fp32 sums, one rounding."""
     generator = torch.Generator().manual_seed(in_features)
     weight = torch.randint(-127, 128, (out_features, in_features), generator=generator)
     weight = weight.to(torch.int8)
     scales = torch.rand(out_features, generator=generator) / 50
     bias = torch.randn(out_features, generator=generator).to(torch.bfloat16)
     packed = kernels.pack_int8(weight)
-    for rows in (3, 15, 16, 17, 31, 32, 33):
+    for rows in (3, 15, 16, 17, 31, 32, 33, 48, 49, 64, 65):
         x = torch.randn(rows, in_features, generator=generator).to(torch.bfloat16)
         expected = (x.float() @ weight.float().T) * scales + bias.float()
         ours = kernels.int8_linear(x, packed, scales, bias)

@@ -18,7 +18,8 @@ matmuls: 12.6 against 16.5 ms; equal at 3-4 rows, slower above). Where the CPU h
 kernel multiplies 3 to `AMX_MAX_ROWS` rows with AMX's tile products from the same layout, at
 the speed of one row up to 16 rows (121 matmuls at 16 rows: 15.0 against oneDNN's 20.1 ms; at
 64 rows both ~28 ms alone, but served at c=64 the step took 68 against 78 ms: the kernel's
-threads take tiles in chunks, oneDNN's wait for each other when the OS pauses one). The price is a second copy of the weights in memory.
+threads take tiles in chunks, oneDNN's wait for each other when the OS pauses one). The
+price is a second copy of the weights in memory.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ INT8_MAX_ROWS = 4
 """Calls with at most this many rows (tokens) take `torch._weight_int8pack_mm`."""
 TILED_MAX_ROWS = 8
 """... or SeekServe's `int8_linear` (8 rows: 8.8 ms against 13.4 ms for the bf16 matmuls)."""
-AMX_MAX_ROWS = 32
+AMX_MAX_ROWS = 64
 """... up to this many where `int8_linear` has AMX's tile products (from 3 rows, bf16)."""
 
 
