@@ -54,6 +54,14 @@ inline __m512 load_bf16(const c10::BFloat16* p) {
 }
 #endif
 
+#if defined(__AVX512BF16__)
+// 16 fp32 rounded to bf16 (nearest even, as c10::BFloat16) and back to fp32
+inline __m512 round_bf16(__m512 x) {
+  const __m256i bits = (__m256i)_mm512_cvtneps_pbh(x);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
+#endif
+
 constexpr int64_t kTileWidth = 32, kTileRows = 4;  // outputs per tile, rows per weight load
 
 // `body(begin, end)` over [0, count) in chunks that the intra-op threads take in turn, so a

@@ -15,6 +15,46 @@
 
 namespace {
 
+// One row of norm_rows, 16 elements at a time where the CPU has the instructions (bf16 rows
+// of a multiple of 16); the same rounding steps. Returns false where it did nothing.
+template <typename T>
+bool norm_row_vector(const T*, const T*, T*, int64_t, float, T*, const T*, float*) {
+  return false;
+}
+
+#if defined(__AVX512BF16__)
+inline void store_bf16(c10::BFloat16* dst, __m512 v) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), (__m256i)_mm512_cvtneps_pbh(v));
+}
+
+template <>
+bool norm_row_vector<c10::BFloat16>(const c10::BFloat16* src, const c10::BFloat16* weight,
+                                    c10::BFloat16* dst, int64_t n, float eps,
+                                    c10::BFloat16* residual, const c10::BFloat16* delta,
+                                    float* x) {
+  if (n % 16 != 0) return false;
+  __m512 sum_sq = _mm512_setzero_ps();
+  for (int64_t i = 0; i < n; i += 16) {
+    __m512 v;
+    if (residual != nullptr) {  // residual = T(residual + delta), the rounded sum normed
+      store_bf16(residual + i, _mm512_add_ps(load_bf16(residual + i), load_bf16(delta + i)));
+      v = load_bf16(residual + i);
+    } else {
+      v = load_bf16(src + i);
+    }
+    _mm512_storeu_ps(x + i, v);
+    sum_sq = _mm512_fmadd_ps(v, v, sum_sq);
+  }
+  const float inv = 1.0f / std::sqrt(_mm512_reduce_add_ps(sum_sq) / static_cast<float>(n) + eps);
+  const __m512 scale = _mm512_set1_ps(inv);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __m512 y = round_bf16(_mm512_mul_ps(_mm512_loadu_ps(x + i), scale));
+    store_bf16(dst + i, _mm512_mul_ps(load_bf16(weight + i), y));
+  }
+  return true;
+}
+#endif
+
 template <typename T>
 void norm_rows(const T* __restrict__ in, const T* __restrict__ weight, T* __restrict__ out,
                int64_t rows, int64_t n, float eps, T* __restrict__ residual,
@@ -23,6 +63,11 @@ void norm_rows(const T* __restrict__ in, const T* __restrict__ weight, T* __rest
     std::vector<float> row(n);
     for (int64_t r = begin; r < end; ++r) {
       float* __restrict__ x = row.data();
+      if (norm_row_vector<T>(in == nullptr ? nullptr : in + r * n, weight, out + r * n, n, eps,
+                             residual == nullptr ? nullptr : residual + r * n,
+                             delta == nullptr ? nullptr : delta + r * n, x)) {
+        continue;
+      }
       if (residual != nullptr) {
         T* res = residual + r * n;
         const T* d = delta + r * n;
@@ -83,12 +128,6 @@ int64_t silu_mul_vector<float>(const float* gate, const float* up, float* dst, i
 #endif
 
 #if defined(__AVX512BF16__)
-// round to bf16 (nearest even, as c10::BFloat16) and back to fp32
-inline __m512 round_bf16(__m512 x) {
-  const __m256i bits = (__m256i)_mm512_cvtneps_pbh(x);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
-}
-
 template <>
 int64_t silu_mul_vector<c10::BFloat16>(const c10::BFloat16* gate, const c10::BFloat16* up,
                                         c10::BFloat16* dst, int64_t n) {
