@@ -128,25 +128,26 @@ def test_disabled_kernels_are_not_handed_out(kernels):
     assert cpu_kernels.get(torch.device("meta")) is None
 
 
+@pytest.mark.parametrize("dim", [16, 64])  # 64: bf16 heads take the 16-wide vector path
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_rotary_in_place_follows_transformers(kernels, dtype):
+def test_rotary_in_place_follows_transformers(kernels, dtype, dim):
     """The q and k heads of a fused qkv output (rows strided by the v part too), rotated in
     place, equal transformers' `apply_rotary_pos_emb` arithmetic in the same dtype."""
     from seekserve.models.layers.rotary import RotaryEmbedding
 
     generator = torch.Generator().manual_seed(3)
-    qkv = torch.randn(7, (4 + 2 + 2) * 16, generator=generator).to(dtype)
-    cos, sin = RotaryEmbedding(16, 64, 10000.0)(torch.tensor([0, 1, 2, 5, 9, 31, 63]), dtype)
-    qk = qkv[:, : 6 * 16].view(7, 6, 16)
-    half = torch.cat((-qk[..., 8:], qk[..., :8]), dim=-1)
+    qkv = (torch.randn(7, (4 + 2 + 2) * dim, generator=generator) * 4).to(dtype)
+    cos, sin = RotaryEmbedding(dim, 64, 10000.0)(torch.tensor([0, 1, 2, 5, 9, 31, 63]), dtype)
+    qk = qkv[:, : 6 * dim].view(7, 6, dim)
+    half = torch.cat((-qk[..., dim // 2 :], qk[..., : dim // 2]), dim=-1)
     expected = qk * cos + half * sin
-    v_before = qkv[:, 6 * 16 :].clone()
+    v_before = qkv[:, 6 * dim :].clone()
     kernels.rotary_(qk, cos, sin)
     # bf16: bitwise (every product is rounded as transformers rounds it); fp32: the compiler
     # may fuse a multiply-add (one rounding instead of two)
     tolerance = 1e-6 if dtype == torch.float32 else 0.0
     torch.testing.assert_close(qk, expected, rtol=tolerance, atol=tolerance)
-    assert torch.equal(qkv[:, 6 * 16 :], v_before)  # only the q and k heads are touched
+    assert torch.equal(qkv[:, 6 * dim :], v_before)  # only the q and k heads are touched
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -212,6 +212,34 @@ torch::Tensor silu_and_mul(const torch::Tensor& gate_up) {
 
 namespace {
 
+// One head of rotary_rows, 16 elements at a time where the CPU has the instructions (bf16,
+// half a head a multiple of 16); the same rounding steps. Returns false where it did nothing.
+template <typename T>
+bool rotary_head_vector(T*, const T*, const T*, int64_t) {
+  return false;
+}
+
+#if defined(__AVX512BF16__)
+template <>
+bool rotary_head_vector<c10::BFloat16>(c10::BFloat16* head, const c10::BFloat16* cos,
+                                       const c10::BFloat16* sin, int64_t half) {
+  if (half % 16 != 0) return false;
+  const __m512 sign = _mm512_set1_ps(-0.0f);
+  for (int64_t i = 0; i < half; i += 16) {
+    const __m512 x1 = load_bf16(head + i), x2 = load_bf16(head + half + i);
+    // first half: x1·cos + (-x2)·sin; second half: x2·cos + x1·sin; each product rounded
+    const __m512 lo = _mm512_add_ps(round_bf16(_mm512_mul_ps(x1, load_bf16(cos + i))),
+                                    round_bf16(_mm512_mul_ps(_mm512_xor_ps(x2, sign),
+                                                             load_bf16(sin + i))));
+    const __m512 hi = _mm512_add_ps(round_bf16(_mm512_mul_ps(x2, load_bf16(cos + half + i))),
+                                    round_bf16(_mm512_mul_ps(x1, load_bf16(sin + half + i))));
+    store_bf16(head + i, lo);
+    store_bf16(head + half + i, hi);
+  }
+  return true;
+}
+#endif
+
 template <typename T>
 void rotary_rows(T* __restrict__ x, int64_t row_stride, const T* __restrict__ cos,
                  const T* __restrict__ sin, int64_t rows, int64_t heads, int64_t dim) {
@@ -223,6 +251,7 @@ void rotary_rows(T* __restrict__ x, int64_t row_stride, const T* __restrict__ co
       const T* s = sin + r * dim;
       for (int64_t h = 0; h < heads; ++h) {
         T* head = x + r * row_stride + h * dim;
+        if (rotary_head_vector<T>(head, c, s, half)) continue;
         for (int64_t i = 0; i < dim; ++i) values[i] = to_float(head[i]);
         for (int64_t i = 0; i < half; ++i) {
           rotated[i] = -values[i + half];
