@@ -25,10 +25,20 @@ from seekserve.runner import cpu_kernels
 from seekserve.runner.inputs import AttentionGroup, ModelInputs
 
 
+def _rows_contiguous(x: torch.Tensor, dtype: torch.dtype) -> bool:
+    """(T, Hkv, D) with each token's heads side by side (any token stride), in `dtype`."""
+    return x.dtype == dtype and x.stride(-1) == 1 and x.stride(-2) == x.shape[-1]
+
+
 def write_kv(
     kv_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slot_mapping: torch.Tensor
 ) -> None:
     """kv_cache: (2, num_blocks, block_size, Hkv, D); k, v: (T, Hkv, D). Writes in place."""
+    kernels = cpu_kernels.get(kv_cache.device)
+    rows_fit = _rows_contiguous(k, kv_cache.dtype) and _rows_contiguous(v, kv_cache.dtype)
+    if kernels is not None and kv_cache.is_contiguous() and rows_fit:
+        kernels.write_kv_(kv_cache, k, v, slot_mapping)  # one C++ loop of row copies
+        return
     flat = kv_cache.view(2, -1, *kv_cache.shape[-2:])  # (2, num_slots, Hkv, D)
     flat[0].index_copy_(0, slot_mapping, k)
     flat[1].index_copy_(0, slot_mapping, v)

@@ -292,3 +292,25 @@ def test_argmax_rows_handles_nan_and_infinities(kernels):
     assert kernels.argmax_rows(scores).tolist() == [3, 50, 99, 0] == scores.argmax(-1).tolist()
     with pytest.raises(RuntimeError, match="fp32"):
         kernels.argmax_rows(scores.bfloat16())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_write_kv_equals_index_copy(kernels, dtype):
+    """K and V rows (views into a fused qkv output: strided tokens) land in their slots as
+    index_copy_ puts them; a slot outside the cache is an error, not a stray write."""
+    generator = torch.Generator().manual_seed(5)
+    cache = torch.randn(2, 6, 4, 3, 8, generator=generator).to(dtype)  # 24 slots
+    qkv = torch.randn(5, (4 + 3 + 3) * 8, generator=generator).to(dtype)
+    k = qkv[:, 32:56].view(5, 3, 8)
+    v = qkv[:, 56:].view(5, 3, 8)
+    slots = torch.tensor([7, 0, 23, 12, 13])
+    expected = cache.clone()
+    flat = expected.view(2, -1, 3, 8)
+    flat[0].index_copy_(0, slots, k)
+    flat[1].index_copy_(0, slots, v)
+    kernels.write_kv_(cache, k, v, slots)
+    assert torch.equal(cache, expected)
+    with pytest.raises(RuntimeError, match="slot 24 out of range"):
+        kernels.write_kv_(cache, k, v, torch.tensor([7, 0, 24, 12, 13]))
+    with pytest.raises(RuntimeError, match="k and v must be"):
+        kernels.write_kv_(cache, k.float() if dtype == torch.bfloat16 else k.double(), v, slots)

@@ -12,6 +12,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rotary_", &rotary_, release(), "rotate-half rotary embedding in place, transformers' rounding");
   m.def("pack_int8", &pack_int8, "(N, K) int8 weights → int8_linear's tiled layout");
   m.def("int8_linear", &int8_linear, release(), "x @ (int8 weights · scales)ᵀ (+ bias), fp32 sums");
+  m.def("write_kv_", &write_kv_, release(), "K/V rows of this step into their cache slots");
   m.def("argmax_rows", &argmax_rows, release(), "first maximal index of each row (NaN first)");
   // whether the tiled matrix-vector kernels were built with their vector instructions (without
   // them they run plain loops, slower than oneDNN: callers then keep to oneDNN)

@@ -105,6 +105,36 @@ torch::Tensor Linear::operator()(const torch::Tensor& x) const {
   TORCH_CHECK(false, "unknown linear kind");
 }
 
+void write_kv_(const torch::Tensor& kv_cache, const torch::Tensor& k, const torch::Tensor& v,
+               const torch::Tensor& slot_mapping) {
+  TORCH_CHECK(kv_cache.dim() == 5 && kv_cache.size(0) == 2 && kv_cache.is_contiguous(),
+              "kv_cache must be a contiguous (2, num_blocks, block_size, Hkv, D) tensor");
+  const int64_t heads = kv_cache.size(3), dim = kv_cache.size(4);
+  const int64_t slots = kv_cache.size(1) * kv_cache.size(2), tokens = slot_mapping.numel();
+  for (const auto* t : {&k, &v}) {
+    TORCH_CHECK(t->dim() == 3 && t->size(0) == tokens && t->size(1) == heads &&
+                    t->size(2) == dim && t->stride(2) == 1 && t->stride(1) == dim &&
+                    t->scalar_type() == kv_cache.scalar_type(),
+                "k and v must be (T, Hkv, D) tensors of kv_cache's dtype, each token's heads "
+                "contiguous");
+  }
+  TORCH_CHECK(slot_mapping.dim() == 1 && slot_mapping.is_contiguous() &&
+                  slot_mapping.scalar_type() == torch::kLong,
+              "slot_mapping must be a contiguous (T,) int64 tensor");
+  const int64_t* slot = slot_mapping.data_ptr<int64_t>();
+  const int64_t row_bytes = heads * dim * kv_cache.element_size();
+  auto* k_plane = static_cast<char*>(kv_cache.data_ptr());
+  auto* v_plane = k_plane + slots * row_bytes;
+  const auto* k_rows = static_cast<const char*>(k.data_ptr());
+  const auto* v_rows = static_cast<const char*>(v.data_ptr());
+  const int64_t k_stride = k.stride(0) * k.element_size(), v_stride = v.stride(0) * v.element_size();
+  for (int64_t t = 0; t < tokens; ++t) {
+    TORCH_CHECK(slot[t] >= 0 && slot[t] < slots, "slot ", slot[t], " out of range [0, ", slots, ")");
+    std::memcpy(k_plane + slot[t] * row_bytes, k_rows + t * k_stride, row_bytes);
+    std::memcpy(v_plane + slot[t] * row_bytes, v_rows + t * v_stride, row_bytes);
+  }
+}
+
 Decoder::Decoder(int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, double eps,
                  double scale, torch::Tensor final_norm)
     : num_heads_(num_heads),
@@ -142,9 +172,7 @@ torch::Tensor Decoder::forward(torch::Tensor x, const torch::Tensor& block_table
     const auto q = qk.narrow(1, 0, num_heads_);
     const auto k = qk.narrow(1, num_heads_, num_kv_heads_);
     const auto v = qkv.narrow(1, q_size + kv_size, kv_size).view({tokens, num_kv_heads_, head_dim_});
-    const auto flat = layer.kv_cache.view({2, -1, num_kv_heads_, head_dim_});
-    flat[0].index_copy_(0, slot_mapping, k);
-    flat[1].index_copy_(0, slot_mapping, v);
+    write_kv_(layer.kv_cache, k, v, slot_mapping);
     const auto attn =
         paged_decode_attention(q.contiguous(), layer.kv_cache, block_table, kv_lens, scale_);
     const auto delta = layer.o(attn.reshape({tokens, -1})).contiguous();

@@ -129,6 +129,11 @@ torch::Tensor bf16_linear(const torch::Tensor& x, const torch::Tensor& packed, i
                           const std::optional<torch::Tensor>& bias);
 bool amx_bf16_available();
 
+// decoder.cpp: this step's K/V rows into their cache slots (index_copy_ without its
+// TensorIterator; bounds checked)
+void write_kv_(const torch::Tensor& kv_cache, const torch::Tensor& k, const torch::Tensor& v,
+               const torch::Tensor& slot_mapping);
+
 // decoder.cpp: a linear layer as its Python module computes it, callable without Python.
 class Linear {
  public:
