@@ -161,11 +161,15 @@ torch::Tensor Decoder::forward(torch::Tensor x, const torch::Tensor& block_table
                                const torch::Tensor& kv_lens, const torch::Tensor& slot_mapping,
                                const torch::Tensor& cos, const torch::Tensor& sin) const {
   TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "x must be a contiguous (T, hidden) tensor");
+  TORCH_CHECK(!layers_.empty(), "the decoder has no layers");
   c10::InferenceMode guard;
   const int64_t tokens = x.size(0);
   const int64_t q_size = num_heads_ * head_dim_, kv_size = num_kv_heads_ * head_dim_;
-  for (const Layer& layer : layers_) {
-    const auto h = rms_norm(x, layer.input_norm, eps_);
+  // each layer's MLP residual add is fused with the next norm (add_rms_norm rounds the sum as
+  // `x + delta` does, then norms it): one kernel instead of an ATen add and a norm
+  auto h = rms_norm(x, layers_.front().input_norm, eps_);
+  for (size_t index = 0; index < layers_.size(); ++index) {
+    const Layer& layer = layers_[index];
     const auto qkv = layer.qkv(h);  // (T, q_size + 2 kv_size)
     auto qk = qkv.narrow(1, 0, q_size + kv_size).view({tokens, num_heads_ + num_kv_heads_, head_dim_});
     rotary_(qk, cos, sin);
@@ -178,7 +182,9 @@ torch::Tensor Decoder::forward(torch::Tensor x, const torch::Tensor& block_table
     const auto delta = layer.o(attn.reshape({tokens, -1})).contiguous();
     const auto normed = add_rms_norm(x, delta, layer.post_norm, eps_);  // x += delta
     const auto gate_up = layer.gate_up(normed);
-    x = x + layer.down(silu_and_mul(gate_up.contiguous()));
+    const auto mlp = layer.down(silu_and_mul(gate_up.contiguous())).contiguous();
+    const bool last = index + 1 == layers_.size();
+    h = add_rms_norm(x, mlp, last ? final_norm_ : layers_[index + 1].input_norm, eps_);
   }
-  return rms_norm(x, final_norm_, eps_);
+  return h;
 }
