@@ -82,6 +82,60 @@ void parallel_chunks(int64_t count, const Body& body) {
   });
 }
 
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
+// AMX as both tiled matmul kernels use it (linear_bf16.cpp, linear_int8.cpp): eight tile
+// registers of 16 rows × 64 bytes. C 0-3: fp32 sums of x rows 0-15 / 16-31 × outputs 0-15 /
+// 16-31 of a 32-wide tile; A 4-5: 16 rows of x each, as bf16 pairs; B 6-7: 16 pairs of k ×
+// outputs 0-15 / 16-31, AMX's pair layout (the pack_bf16 layout is already that).
+struct AmxTiles {
+  AmxTiles() {  // configure this thread's tiles
+    struct {
+      uint8_t palette_id = 1, start_row = 0, reserved[14] = {};
+      uint16_t colsb[16] = {};
+      uint8_t rows[16] = {};
+    } config;
+    for (int i = 0; i < 8; ++i) config.colsb[i] = 64, config.rows[i] = 16;
+    _tile_loadconfig(&config);
+  }
+  ~AmxTiles() { _tile_release(); }
+  AmxTiles(const AmxTiles&) = delete;
+  AmxTiles& operator=(const AmxTiles&) = delete;
+
+  // kA A tiles of 16 rows: C tiles 0..2kA-1 to zero
+  template <int kA>
+  static void zero() {
+    _tile_zero(0);
+    _tile_zero(1);
+    if constexpr (kA == 2) {
+      _tile_zero(2);
+      _tile_zero(3);
+    }
+  }
+  // C += x rows · B 6-7, x: 16·kA rows of 16 bf16 pairs at `x_stride` bytes
+  template <int kA>
+  static void multiply(const uint32_t* x, int64_t x_stride) {
+    _tile_loadd(4, x, x_stride);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    if constexpr (kA == 2) {
+      _tile_loadd(5, reinterpret_cast<const char*>(x) + 16 * x_stride, x_stride);
+      _tile_dpbf16ps(2, 5, 6);
+      _tile_dpbf16ps(3, 5, 7);
+    }
+  }
+  // the C tiles to sums (16·kA rows × 32, row stride 32 floats)
+  template <int kA>
+  static void store(float* sums) {
+    _tile_stored(0, sums, 128);
+    _tile_stored(1, sums + 16, 128);
+    if constexpr (kA == 2) {
+      _tile_stored(2, sums + 16 * 32, 128);
+      _tile_stored(3, sums + 16 * 32 + 16, 128);
+    }
+  }
+};
+#endif
+
 // The loop both tiled matrix-vector kernels run (linear_bf16.cpp, linear_int8.cpp): tiles of
 // kTileWidth outputs taken in chunks by PyTorch's intra-op threads; in each tile the rows in
 // groups of up to kTileRows, `dot(t, m0, count, sums)` filling sums[m · kTileWidth + j] for rows

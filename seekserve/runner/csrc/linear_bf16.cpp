@@ -103,15 +103,9 @@ void tile_dot(const uint16_t* __restrict__ w, const uint32_t* __restrict__ x, in
 
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__)
 // AMX: the CPU multiplies 16×32 bf16 tiles of x by 32×16 tiles of weights into 16×16 fp32 tiles
-// (tdpbf16ps), a whole tile per instruction. The pack_bf16 layout is already AMX's: a 16-pair
-// slab of a weight tile is two B tiles (columns 0-15 and 16-31) at a row stride of 128 bytes.
-// Tile registers: C 0-3 (rows 0-15 / 16-31 × columns 0-15 / 16-31), A 4-5, B 6-7.
-struct TileConfig {
-  uint8_t palette_id = 1, start_row = 0, reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
-
+// (tdpbf16ps), a whole tile per instruction (kernels.h: AmxTiles). The pack_bf16 layout is
+// already AMX's: a 16-pair slab of a weight tile is two B tiles (columns 0-15 and 16-31) at a
+// row stride of 128 bytes.
 // Linux hands out AMX's register state only on request, once per process.
 bool amx_permitted() {
   static const bool permitted = [] {
@@ -125,34 +119,16 @@ bool amx_permitted() {
 // pairs is a multiple of 16.
 template <int kA>
 void amx_tile_dot(const uint16_t* w, const uint32_t* x, int64_t pairs, float* sums) {
-  _tile_zero(0);
-  _tile_zero(1);
-  if constexpr (kA == 2) {
-    _tile_zero(2);
-    _tile_zero(3);
-  }
-  const int64_t x_stride = pairs * 4;
+  AmxTiles::zero<kA>();
   for (int64_t p = 0; p < pairs; p += 16) {
     const uint16_t* b = w + p * kTile * 2;
     const char* ahead = reinterpret_cast<const char*>(b + kPrefetchPairs * kTile * 2);
     for (int line = 0; line < 32; ++line) _mm_prefetch(ahead + line * 64, _MM_HINT_T0);
     _tile_loadd(6, b, kTile * 4);
     _tile_loadd(7, b + 32, kTile * 4);
-    _tile_loadd(4, x + p, x_stride);
-    _tile_dpbf16ps(0, 4, 6);
-    _tile_dpbf16ps(1, 4, 7);
-    if constexpr (kA == 2) {
-      _tile_loadd(5, x + 16 * pairs + p, x_stride);
-      _tile_dpbf16ps(2, 5, 6);
-      _tile_dpbf16ps(3, 5, 7);
-    }
+    AmxTiles::multiply<kA>(x + p, pairs * 4);
   }
-  _tile_stored(0, sums, kTile * 4);
-  _tile_stored(1, sums + 16, kTile * 4);
-  if constexpr (kA == 2) {
-    _tile_stored(2, sums + 16 * kTile, kTile * 4);
-    _tile_stored(3, sums + 16 * kTile + 16, kTile * 4);
-  }
+  AmxTiles::store<kA>(sums);
 }
 #endif
 }  // namespace
@@ -226,12 +202,7 @@ torch::Tensor bf16_linear(const torch::Tensor& x, const torch::Tensor& packed, i
   if (amx) {
     const int64_t tiles = (out_features + kTile - 1) / kTile;
     parallel_chunks(tiles, [&](int64_t begin, int64_t end) {
-      const TileConfig config = [] {
-        TileConfig c;
-        for (int i = 0; i < 8; ++i) c.colsb[i] = 64, c.rows[i] = 16;
-        return c;
-      }();
-      _tile_loadconfig(&config);
+      const AmxTiles tiles_in_use;
       alignas(64) float sums[32 * kTile];
       for (int64_t t = begin; t < end; ++t) {
         const int64_t n0 = t * kTile, width = std::min(kTile, out_features - n0);
@@ -246,7 +217,6 @@ torch::Tensor bf16_linear(const torch::Tensor& x, const torch::Tensor& packed, i
           for (int64_t m = m0; m < std::min(rows, m0 + 32); ++m) store(m, n0, width, sums + (m - m0) * kTile);
         }
       }
-      _tile_release();
     });
     return out;
   }

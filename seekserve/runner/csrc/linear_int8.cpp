@@ -117,38 +117,15 @@ template <int kA>
 void amx_int8_tile(const int8_t* w, const uint32_t* x, int64_t k_size, uint16_t* scratch,
                    float* sums) {
   const int64_t pairs = k_size / 2;
-  _tile_zero(0);
-  _tile_zero(1);
-  if constexpr (kA == 2) {
-    _tile_zero(2);
-    _tile_zero(3);
-  }
+  AmxTiles::zero<kA>();
   for (int64_t k0 = 0; k0 < k_size; k0 += 32) {
     widen_slab(w + k0 * kTile, scratch);
     _tile_loadd(6, scratch, 64);
     _tile_loadd(7, scratch + 512, 64);
-    _tile_loadd(4, x + k0 / 2, pairs * 4);
-    _tile_dpbf16ps(0, 4, 6);
-    _tile_dpbf16ps(1, 4, 7);
-    if constexpr (kA == 2) {
-      _tile_loadd(5, x + 16 * pairs + k0 / 2, pairs * 4);
-      _tile_dpbf16ps(2, 5, 6);
-      _tile_dpbf16ps(3, 5, 7);
-    }
+    AmxTiles::multiply<kA>(x + k0 / 2, pairs * 4);
   }
-  _tile_stored(0, sums, kTile * 4);
-  _tile_stored(1, sums + 16, kTile * 4);
-  if constexpr (kA == 2) {
-    _tile_stored(2, sums + 16 * kTile, kTile * 4);
-    _tile_stored(3, sums + 16 * kTile + 16, kTile * 4);
-  }
+  AmxTiles::store<kA>(sums);
 }
-
-struct TileConfig {
-  uint8_t palette_id = 1, start_row = 0, reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
 
 void int8_rows_amx(const c10::BFloat16* x, const int8_t* w, const float* scales,
                    const c10::BFloat16* bias, c10::BFloat16* out, int64_t rows, int64_t k_size,
@@ -158,9 +135,7 @@ void int8_rows_amx(const c10::BFloat16* x, const int8_t* w, const float* scales,
   std::memcpy(xp.data(), x, rows * k_size * sizeof(c10::BFloat16));
   const int64_t tiles = (n_size + kTile - 1) / kTile;
   parallel_chunks(tiles, [&](int64_t begin, int64_t end) {
-    TileConfig config;
-    for (int i = 0; i < 8; ++i) config.colsb[i] = 64, config.rows[i] = 16;
-    _tile_loadconfig(&config);
+    const AmxTiles tiles_in_use;
     alignas(64) uint16_t scratch[2 * 512];
     alignas(64) float sums[32 * kTile];
     for (int64_t t = begin; t < end; ++t) {
@@ -183,7 +158,6 @@ void int8_rows_amx(const c10::BFloat16* x, const int8_t* w, const float* scales,
         }
       }
     }
-    _tile_release();
   });
 }
 #endif
