@@ -157,6 +157,31 @@ void for_each_tile(int64_t rows, int64_t n_size, const Dot& dot, const Store& st
   parallel_chunks(tiles, body);
 }
 
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
+// The loop both AMX paths run (linear_bf16.cpp, linear_int8.cpp): tiles taken in chunks as in
+// for_each_tile, this thread's tile registers configured; in each tile the rows of x (padded to
+// 16 with zeros) 32 at a time, `dot(t, m0, two, sums)` filling sums[m · kTileWidth + j] for rows
+// m0 + m (32 rows with `two` A tiles, else 16), then `store` as in for_each_tile for the real
+// rows. Later passes over a tile find its weights in cache.
+template <typename Dot, typename Store>
+void for_each_tile_amx(int64_t rows, int64_t n_size, const Dot& dot, const Store& store) {
+  const int64_t tiles = (n_size + kTileWidth - 1) / kTileWidth, padded = (rows + 15) / 16 * 16;
+  parallel_chunks(tiles, [&](int64_t begin, int64_t end) {
+    const AmxTiles tiles_in_use;
+    alignas(64) float sums[32 * kTileWidth];
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t n0 = t * kTileWidth, width = std::min(kTileWidth, n_size - n0);
+      for (int64_t m0 = 0; m0 < padded; m0 += 32) {
+        dot(t, m0, padded - m0 > 16, sums);
+        for (int64_t m = m0; m < std::min(rows, m0 + 32); ++m) {
+          store(m, n0, width, sums + (m - m0) * kTileWidth);
+        }
+      }
+    }
+  });
+}
+#endif
+
 // paged_attention.cpp
 torch::Tensor paged_decode_attention(const torch::Tensor& q, const torch::Tensor& kv_cache,
                                      const torch::Tensor& block_table,

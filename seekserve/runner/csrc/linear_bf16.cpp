@@ -30,7 +30,6 @@
 #endif
 
 #include <algorithm>
-#include <atomic>
 #include <vector>
 
 namespace {
@@ -99,7 +98,6 @@ void tile_dot(const uint16_t* __restrict__ w, const uint32_t* __restrict__ x, in
   }
 #endif
 }
-
 
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__)
 // AMX: the CPU multiplies 16×32 bf16 tiles of x by 32×16 tiles of weights into 16×16 fp32 tiles
@@ -200,24 +198,12 @@ torch::Tensor bf16_linear(const torch::Tensor& x, const torch::Tensor& packed, i
   };
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__)
   if (amx) {
-    const int64_t tiles = (out_features + kTile - 1) / kTile;
-    parallel_chunks(tiles, [&](int64_t begin, int64_t end) {
-      const AmxTiles tiles_in_use;
-      alignas(64) float sums[32 * kTile];
-      for (int64_t t = begin; t < end; ++t) {
-        const int64_t n0 = t * kTile, width = std::min(kTile, out_features - n0);
-        const uint16_t* tile = w + t * pairs * kTile * 2;
-        for (int64_t m0 = 0; m0 < padded_rows; m0 += 32) {
-          const uint32_t* xm = xp.data() + m0 * pairs;  // 32 rows a pass; later passes hit cache
-          if (padded_rows - m0 >= 32) {
-            amx_tile_dot<2>(tile, xm, pairs, sums);
-          } else {
-            amx_tile_dot<1>(tile, xm, pairs, sums);
-          }
-          for (int64_t m = m0; m < std::min(rows, m0 + 32); ++m) store(m, n0, width, sums + (m - m0) * kTile);
-        }
-      }
-    });
+    auto amx_dot = [&](int64_t t, int64_t m0, bool two, float* sums) {
+      const uint16_t* tile = w + t * pairs * kTile * 2;
+      const uint32_t* xm = xp.data() + m0 * pairs;
+      two ? amx_tile_dot<2>(tile, xm, pairs, sums) : amx_tile_dot<1>(tile, xm, pairs, sums);
+    };
+    for_each_tile_amx(rows, out_features, amx_dot, store);
     return out;
   }
 #endif

@@ -11,7 +11,7 @@
 // int8_linear(x (M, K), packed, scales (N,) fp32, bias?) → (M, N) in x's dtype:
 //   out[m, n] = T(scales[n] · Σ_k float(w[n, k]) · float(x[m, k]) + bias[n])
 // with fp32 accumulation: each group of 16 int8 weights is widened to fp32 once and used by up
-// to 4 rows of x. Tiles are spread over PyTorch's intra-op threads.
+// to 4 rows of x. Tiles are taken in chunks by PyTorch's intra-op threads.
 #include "kernels.h"
 
 #include <ATen/Parallel.h>
@@ -20,6 +20,7 @@
 #endif
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -89,7 +90,6 @@ void tile_dot(const int8_t* __restrict__ w, const float* __restrict__ x, int64_t
 }
 #endif
 
-
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512F__)
 // AMX path for bf16 x, 3-64 rows, K a multiple of 32: each 32-k slab of a tile is widened to
 // bf16 (int8 values are exact in bf16) into AMX's pair layout in a 2 KiB scratch, then
@@ -114,9 +114,9 @@ inline void widen_slab(const int8_t* w, uint16_t* scratch) {
 
 // sums (16·kA rows × 32, row stride 32) = x rows (bf16 pairs, stride `pairs`) · int8 tile
 template <int kA>
-void amx_int8_tile(const int8_t* w, const uint32_t* x, int64_t k_size, uint16_t* scratch,
-                   float* sums) {
+void amx_int8_tile(const int8_t* w, const uint32_t* x, int64_t k_size, float* sums) {
   const int64_t pairs = k_size / 2;
+  alignas(64) uint16_t scratch[2 * 512];
   AmxTiles::zero<kA>();
   for (int64_t k0 = 0; k0 < k_size; k0 += 32) {
     widen_slab(w + k0 * kTile, scratch);
@@ -126,46 +126,36 @@ void amx_int8_tile(const int8_t* w, const uint32_t* x, int64_t k_size, uint16_t*
   }
   AmxTiles::store<kA>(sums);
 }
-
-void int8_rows_amx(const c10::BFloat16* x, const int8_t* w, const float* scales,
-                   const c10::BFloat16* bias, c10::BFloat16* out, int64_t rows, int64_t k_size,
-                   int64_t n_size) {
-  const int64_t pairs = k_size / 2, padded_rows = (rows + 15) / 16 * 16;
-  std::vector<uint32_t> xp(padded_rows * pairs, 0);  // rows padded to AMX's 16 with zeros
-  std::memcpy(xp.data(), x, rows * k_size * sizeof(c10::BFloat16));
-  const int64_t tiles = (n_size + kTile - 1) / kTile;
-  parallel_chunks(tiles, [&](int64_t begin, int64_t end) {
-    const AmxTiles tiles_in_use;
-    alignas(64) uint16_t scratch[2 * 512];
-    alignas(64) float sums[32 * kTile];
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t n0 = t * kTile, width = std::min(kTile, n_size - n0);
-      const int8_t* tile = w + t * k_size * kTile;
-      for (int64_t m0 = 0; m0 < padded_rows; m0 += 32) {  // later passes find the tile in cache
-        if (padded_rows - m0 > 16) {
-          amx_int8_tile<2>(tile, xp.data() + m0 * pairs, k_size, scratch, sums);
-        } else {
-          amx_int8_tile<1>(tile, xp.data() + m0 * pairs, k_size, scratch, sums);
-        }
-        for (int64_t m = m0; m < std::min(rows, m0 + 32); ++m) {
-          c10::BFloat16* dst = out + m * n_size + n0;
-          const float* row = sums + (m - m0) * kTile;
-          for (int64_t j = 0; j < width; ++j) {
-            float value = row[j] * scales[n0 + j];
-            if (bias != nullptr) value += to_float(bias[n0 + j]);
-            dst[j] = static_cast<c10::BFloat16>(value);
-          }
-        }
-      }
-    }
-  });
-}
 #endif
 
 template <typename T>
 void int8_rows(const T* __restrict__ x, const int8_t* __restrict__ w,
                const float* __restrict__ scales, const T* __restrict__ bias, T* __restrict__ out,
                int64_t rows, int64_t k_size, int64_t n_size) {
+  auto store = [&](int64_t m, int64_t n0, int64_t width, const float* sums) {
+    T* dst = out + m * n_size + n0;
+    for (int64_t j = 0; j < width; ++j) {
+      float value = sums[j] * scales[n0 + j];
+      if (bias != nullptr) value += to_float(bias[n0 + j]);
+      dst[j] = static_cast<T>(value);
+    }
+  };
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    if (rows >= kAmxMinRows && rows <= kAmxMaxRows && k_size % 32 == 0 && amx_bf16_available()) {
+      const int64_t pairs = k_size / 2;
+      std::vector<uint32_t> xp((rows + 15) / 16 * 16 * pairs, 0);  // rows padded to 16, zeros
+      std::memcpy(xp.data(), x, rows * k_size * sizeof(T));
+      auto amx_dot = [&](int64_t t, int64_t m0, bool two, float* sums) {
+        const int8_t* tile = w + t * k_size * kTile;
+        const uint32_t* xm = xp.data() + m0 * pairs;
+        two ? amx_int8_tile<2>(tile, xm, k_size, sums) : amx_int8_tile<1>(tile, xm, k_size, sums);
+      };
+      for_each_tile_amx(rows, n_size, amx_dot, store);
+      return;
+    }
+  }
+#endif
   std::vector<float> xf(rows * k_size);
   for (int64_t i = 0; i < rows * k_size; ++i) xf[i] = to_float(x[i]);
   auto dot = [&](int64_t t, int64_t m0, int64_t count, float* sums) {
@@ -176,14 +166,6 @@ void int8_rows(const T* __restrict__ x, const int8_t* __restrict__ w,
       case 2: tile_dot<2>(tile, xs, k_size, sums); break;
       case 3: tile_dot<3>(tile, xs, k_size, sums); break;
       default: tile_dot<4>(tile, xs, k_size, sums); break;
-    }
-  };
-  auto store = [&](int64_t m, int64_t n0, int64_t width, const float* sums) {
-    T* dst = out + m * n_size + n0;
-    for (int64_t j = 0; j < width; ++j) {
-      float value = sums[j] * scales[n0 + j];
-      if (bias != nullptr) value += to_float(bias[n0 + j]);
-      dst[j] = static_cast<T>(value);
     }
   };
   for_each_tile(rows, n_size, dot, store);
@@ -218,15 +200,6 @@ torch::Tensor int8_linear(const torch::Tensor& x, const torch::Tensor& packed,
                 "bias must be a contiguous (N,) tensor in x's dtype");
   }
   auto out = torch::empty({x.size(0), n_size}, x.options());
-#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512F__)
-  if (x.scalar_type() == torch::kBFloat16 && x.size(0) >= kAmxMinRows &&
-      x.size(0) <= kAmxMaxRows && x.size(1) % 32 == 0 && amx_bf16_available()) {
-    int8_rows_amx(x.data_ptr<c10::BFloat16>(), packed.data_ptr<int8_t>(), scales.data_ptr<float>(),
-                  bias.has_value() ? bias->data_ptr<c10::BFloat16>() : nullptr,
-                  out.data_ptr<c10::BFloat16>(), x.size(0), x.size(1), n_size);
-    return out;
-  }
-#endif
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::ScalarType::BFloat16, at::ScalarType::Half, x.scalar_type(), "int8_linear", [&] {
         int8_rows<scalar_t>(x.data_ptr<scalar_t>(), packed.data_ptr<int8_t>(),
