@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import sys
@@ -40,6 +41,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from seekserve.bench.sse_client import SSEConnection
+
+CHAT_PATH = "/v1/chat/completions"
 
 SUMMARY_KEYS = (
     "agg_out_tok_s",
@@ -139,7 +144,7 @@ def request_body(cfg: LoadConfig, model: str, prompt: str) -> dict[str, Any]:
     return body
 
 
-async def stream_one(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> RequestResult:
+async def stream_one(connection: SSEConnection, body: dict[str, Any]) -> RequestResult:
     t0 = time.perf_counter()
     t_first = t_last = None
     n_chunks = 0
@@ -147,20 +152,16 @@ async def stream_one(client: httpx.AsyncClient, url: str, body: dict[str, Any]) 
     timings: dict[str, Any] | None = None
     finish = None
     error = None
+    payload = json.dumps(body).encode()
     try:
-        async with client.stream("POST", url, json=body) as resp:
-            if resp.status_code != 200:
-                raw = await resp.aread()
-                raise RuntimeError(f"HTTP {resp.status_code}: {raw[:300]!r}")
-            async for line in resp.aiter_lines():
-                if not line.startswith("data:"):
+        events = connection.post_stream(CHAT_PATH, payload)
+        async with contextlib.aclosing(events):
+            async for data in events:  # read to the end: the connection is then reused
+                if data == b"[DONE]":
                     continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    break
                 event = json.loads(data)
                 if "error" in event and "choices" not in event:
-                    raise RuntimeError(f"error event in stream: {data[:300]}")
+                    raise RuntimeError(f"error event in stream: {data[:300]!r}")
                 if event.get("usage"):
                     usage = event["usage"]
                 if event.get("timings"):
@@ -222,22 +223,25 @@ async def resolve_model(client: httpx.AsyncClient, base_url: str) -> str:
 
 
 async def run_once(
-    cfg: LoadConfig, client: httpx.AsyncClient, model: str, n_requests: int, offset: int
+    cfg: LoadConfig,
+    connections: list[SSEConnection],
+    model: str,
+    n_requests: int,
+    offset: int,
 ) -> dict[str, Any]:
-    url = cfg.base_url.rstrip("/") + "/v1/chat/completions"
     results: list[RequestResult] = []
     next_index = 0
 
-    async def worker() -> None:
+    async def worker(connection: SSEConnection) -> None:
         nonlocal next_index
         while next_index < n_requests:
             i = next_index
             next_index += 1
             prompt = cfg.prompts[(offset + i) % len(cfg.prompts)]
-            results.append(await stream_one(client, url, request_body(cfg, model, prompt)))
+            results.append(await stream_one(connection, request_body(cfg, model, prompt)))
 
     t0 = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(min(cfg.concurrency, n_requests))))
+    await asyncio.gather(*(worker(c) for c in connections[: min(cfg.concurrency, n_requests)]))
     wall = time.perf_counter() - t0
     return summarize_run(cfg, results, wall)
 
@@ -318,26 +322,45 @@ async def run_load(
     called right after it, whose numbers (e.g. CPU use) are stored in the run as "probe".
     """
     headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
-    limits = httpx.Limits(max_connections=cfg.concurrency + 4, max_keepalive_connections=None)
-    timeout = httpx.Timeout(cfg.timeout, connect=30.0)
-    async with httpx.AsyncClient(headers=headers, limits=limits, timeout=timeout) as client:
-        model = cfg.model or await resolve_model(client, cfg.base_url)
+    if cfg.model:
+        model = cfg.model
+    else:
+        async with httpx.AsyncClient(headers=headers, timeout=cfg.timeout) as client:
+            model = await resolve_model(client, cfg.base_url)
+    # one keep-alive connection per worker (bench/sse_client.py: httpx costs the server CPU)
+    connections = [
+        SSEConnection(cfg.base_url, headers=headers, timeout=cfg.timeout)
+        for _ in range(cfg.concurrency)
+    ]
+    try:
         if cfg.warmup:
-            w = await run_once(cfg, client, model, cfg.warmup, offset=len(cfg.prompts) // 2)
+            w = await run_once(cfg, connections, model, cfg.warmup, offset=len(cfg.prompts) // 2)
             log(f"warmup: {w['ok']}/{w['requests']} ok in {w['wall_s']:.2f}s")
         runs = []
         for rep in range(cfg.repeat):
             stop_probe = probe() if probe else None
-            run = await run_once(cfg, client, model, cfg.requests, offset=rep * cfg.requests)
+            run = await run_once(cfg, connections, model, cfg.requests, offset=rep * cfg.requests)
             if stop_probe:
                 run["probe"] = stop_probe()
             runs.append(run)
             log(run_line(rep + 1, cfg.repeat, run))
+    finally:
+        for connection in connections:
+            await connection.close()
     return {
         "config": {**asdict(cfg), "prompts": len(cfg.prompts), "model": model},
         "runs": runs,
         "summary": summarize(runs),
     }
+
+
+def run_async(coroutine: Any) -> Any:
+    """asyncio.run, on uvloop's event loop where it is installed (less client CPU per event)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
 
 
 def summary_line(cfg: LoadConfig, summary: dict[str, dict[str, float]]) -> str:
@@ -398,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         extra_body=json.loads(args.extra_body) if args.extra_body else {},
         label=args.label,
     )
-    result = asyncio.run(run_load(cfg, log=lambda s: print(s, file=sys.stderr)))
+    result = run_async(run_load(cfg, log=lambda s: print(s, file=sys.stderr)))
     print(summary_line(cfg, result["summary"]))
     if args.json_out:
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)

@@ -47,7 +47,7 @@ from typing import Any
 
 import httpx
 
-from seekserve.bench.load import LoadConfig, read_prompts, run_load, summary_line
+from seekserve.bench.load import LoadConfig, read_prompts, run_async, run_load, summary_line
 
 REPO = Path.cwd()
 BENCH_KIT = Path("/work/shared/bench")
@@ -360,7 +360,7 @@ def run_server(
             print(f"--- {key} {sc.name}", flush=True)
             meter = CpuMeter(server.proc.pid)
             try:
-                result = asyncio.run(run_with_sampler(cfg, server))
+                result = run_async(run_with_sampler(cfg, server))
             except Exception as exc:  # noqa: BLE001 - record and go on with the next scenario
                 out["scenarios"][sc.name] = {"failed": f"{type(exc).__name__}: {exc}"}
                 print(f"FAILED: {exc}", flush=True)
