@@ -113,6 +113,32 @@ void decode_attention(const T* __restrict__ q, const T* __restrict__ kv,
 // query heads per KV head, with the group's accumulators in registers: q·k by vdpbf16ps
 // (bf16 products summed in fp32, as SDPA's bf16 kernel does), the block's softmax by exp16,
 // each V row widened to fp32 once for the whole group. About 6x the generic kernel's speed.
+// sums[t] = the sum of v[t]'s 16 lanes, for 16 vectors at once: the halves of pairs of vectors
+// added, then quarters, eighths, sixteenths (15 adds where 16 _mm512_reduce_add_ps take 64
+// shuffles and adds). Each sum is added in _mm512_reduce_add_ps's order (upper 8 lanes to lower
+// 8, then 4, 2, 1), so each equals it bit for bit.
+inline __m512 sum_each16(const __m512 v[16]) {
+  __m512 w[8], x[4], y[2];
+  for (int i = 0; i < 8; ++i) {  // 256-bit halves: w[i] = (v[2i] lo+hi, v[2i+1] lo+hi)
+    w[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44),
+                         _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xEE));
+  }
+  for (int j = 0; j < 4; ++j) {  // 128-bit block k of x[j]: v[4j + k]'s 4 partial sums
+    x[j] = _mm512_add_ps(_mm512_shuffle_f32x4(w[2 * j], w[2 * j + 1], 0x88),
+                         _mm512_shuffle_f32x4(w[2 * j], w[2 * j + 1], 0xDD));
+  }
+  for (int m = 0; m < 2; ++m) {  // block k of y[m]: 2 sums of v[8m + k], then 2 of v[8m + 4 + k]
+    const __m512d a = _mm512_castps_pd(x[2 * m]), b = _mm512_castps_pd(x[2 * m + 1]);
+    y[m] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
+                         _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+  }
+  // lane 4k + j: the sum of v[4j + k]; back to lane t = 4j + k
+  const __m512 z = _mm512_add_ps(_mm512_shuffle_ps(y[0], y[1], 0x88),
+                                 _mm512_shuffle_ps(y[0], y[1], 0xDD));
+  const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  return _mm512_permutexvar_ps(order, z);
+}
+
 template <int64_t kDim, int kGroup>
 void decode_item_bf16(const c10::BFloat16* __restrict__ q_rows, const c10::BFloat16* __restrict__ kv,
                       const int64_t* __restrict__ blocks, int64_t length, int64_t block_stride,
@@ -148,20 +174,23 @@ void decode_item_bf16(const c10::BFloat16* __restrict__ q_rows, const c10::BFloa
         }
       }
     }
-    for (int64_t t = 0; t < n; ++t) {
-      const c10::BFloat16* k_row = k_block + t * token_stride;
-      __m512bh kr[kPairs];
-      for (int i = 0; i < kPairs; ++i) kr[i] = (__m512bh)_mm512_loadu_si512(k_row + 32 * i);
-      for (int h = 0; h < kGroup; ++h) {
-        __m512 dot = _mm512_dpbf16_ps(_mm512_setzero_ps(), qv[h][0], kr[0]);
-        for (int i = 1; i < kPairs; ++i) dot = _mm512_dpbf16_ps(dot, qv[h][i], kr[i]);
-        probs[h][t] = _mm512_reduce_add_ps(dot) * scale;
-      }
-    }
     const __mmask16 valid = static_cast<__mmask16>((1u << n) - 1);
     const __m512 minus_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
     for (int h = 0; h < kGroup; ++h) {
-      const __m512 scores = _mm512_mask_load_ps(minus_inf, valid, probs[h]);
+      // the block's 16 q·k as vectors of partial sums, then summed all at once (sum_each16)
+      __m512 dots[kBlock];
+      for (int64_t t = 0; t < kBlock; ++t) {
+        dots[t] = _mm512_setzero_ps();
+        if (t < n) {
+          const c10::BFloat16* k_row = k_block + t * token_stride;
+          for (int i = 0; i < kPairs; ++i) {
+            const auto k_pairs = (__m512bh)_mm512_loadu_si512(k_row + 32 * i);
+            dots[t] = _mm512_dpbf16_ps(dots[t], qv[h][i], k_pairs);
+          }
+        }
+      }
+      const __m512 scores = _mm512_mask_mov_ps(
+          minus_inf, valid, _mm512_mul_ps(sum_each16(dots), _mm512_set1_ps(scale)));
       const float new_max = std::max(max_score[h], _mm512_reduce_max_ps(scores));
       const float correction = std::exp(max_score[h] - new_max);
       const __m512 e = exp16(_mm512_sub_ps(scores, _mm512_set1_ps(new_max)));
