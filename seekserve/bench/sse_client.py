@@ -66,19 +66,26 @@ class SSEConnection:
         Raises HTTPStatusError for a status other than 200, ConnectionError when the server
         closes the connection mid-response, TimeoutError after `timeout` s without a byte.
         """
-        if self._writer is None:
-            self._reader, self._writer = await asyncio.wait_for(
-                asyncio.open_connection(self.host, self.port, ssl=self.tls or None), self.timeout
-            )
-        reader, writer = self._reader, self._writer
-        head = (
+        request = (
             f"POST {self.prefix}{path} HTTP/1.1\r\n{self._headers}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-        )
-        writer.write(head.encode("latin-1") + body)
+        ).encode("latin-1") + body
+        if self._reader is not None and self._reader.at_eof():
+            await self.close()  # the server closed it after the last response
+        reused = self._writer is not None
+        reader = await self._send(request)
         keep_alive = False
         try:
-            status, headers = await self._read_head(reader)
+            try:
+                status, headers = await self._read_head(reader)
+            except ConnectionError:
+                if not reused:
+                    raise
+                # closed before answering: a kept-alive connection the server had given up
+                # (llama-server closes after each stream); once more on a new one
+                await self.close()
+                reader = await self._send(request)
+                status, headers = await self._read_head(reader)
             keep_alive = headers.get("connection", "").lower() != "close"
             if "chunked" in headers.get("transfer-encoding", "").lower():
                 pieces = self._chunked(reader)
@@ -109,6 +116,14 @@ class SSEConnection:
         finally:
             if not keep_alive:
                 await self.close()
+
+    async def _send(self, request: bytes) -> asyncio.StreamReader:
+        if self._writer is None:
+            self._reader, self._writer = await asyncio.wait_for(
+                asyncio.open_connection(self.host, self.port, ssl=self.tls or None), self.timeout
+            )
+        self._writer.write(request)
+        return self._reader
 
     async def _read(self, awaitable):
         try:

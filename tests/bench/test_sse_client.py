@@ -118,6 +118,28 @@ def test_keep_alive_reuses_one_connection_for_sequential_requests():
     assert len(server.requests) == 3
 
 
+def test_a_server_that_closes_after_each_stream_gets_a_new_connection():
+    # llama-server answers with Keep-Alive headers yet closes after each streamed response
+    def response(n: int) -> list[bytes]:
+        return [chunked_head(), chunk(b"data: %d\n\n" % n), b"0\r\n\r\n", b"<close>"]
+
+    async def main():
+        server = ScriptedServer([response(1), response(2), response(3)])
+        async with server as url:
+            connection = SSEConnection(url)
+            first = await collect(connection)
+            await asyncio.sleep(0.05)  # the close has arrived: seen before sending
+            second = await collect(connection)
+            third = await collect(connection)  # sent at once: the close is found on reading
+            await connection.close()
+        return server, [first, second, third]
+
+    server, events = asyncio.run(main())
+    assert events == [[b"1"], [b"2"], [b"3"]]
+    assert server.connections == 3
+    assert len(server.requests) == 3
+
+
 def test_content_length_and_close_delimited_bodies():
     sized = b"data: one\n\ndata: two\n\n"
     sized_response = [
