@@ -46,6 +46,7 @@ _SOURCES = (
     "linear_int8.cpp",
     "linear_bf16.cpp",
     "argmax.cpp",
+    "huge_pages.cpp",
 )
 _lock = threading.Lock()
 _module: Any = None

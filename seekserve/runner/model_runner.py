@@ -64,18 +64,21 @@ class ModelRunner:
         self.block_size = block_size
         self.device = torch.device(device)
         num_planes, num_heads, dim = kv_token_shape(cfg)
-        self.kv_cache = torch.zeros(
-            (cfg.num_hidden_layers, num_planes, num_blocks, block_size, num_heads, dim),
-            dtype=dtype,
-            device=self.device,
-        )
+        shape = (cfg.num_hidden_layers, num_planes, num_blocks, block_size, num_heads, dim)
+        kernels = None
+        if self.device.type == "cpu" and cpu_kernels_enabled and cpu_kernels.enable():
+            kernels = cpu_kernels.get(self.device)
+        if kernels is not None:  # on 2 MiB pages: decode attention reads it every step
+            self.kv_cache = kernels.huge_pages_empty(list(shape), dtype).zero_()
+        else:
+            self.kv_cache = torch.zeros(shape, dtype=dtype, device=self.device)
         for index, layer in enumerate(model.attention_layers):
             layer.kv_cache = self.kv_cache[index]
         self.sampler = Sampler(seed, self.device)
-        if self.device.type == "cpu" and cpu_kernels_enabled and cpu_kernels.enable():
+        if kernels is not None:
             build = getattr(model, "build_native_decoder", None)
             if build is not None:
-                model.native_decoder = build(cpu_kernels.get(self.device))
+                model.native_decoder = build(kernels)
 
     @torch.inference_mode()
     def compute_logits(self, output: SchedulerOutput) -> tuple[list[str], torch.Tensor]:

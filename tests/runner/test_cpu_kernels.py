@@ -314,3 +314,23 @@ def test_write_kv_equals_index_copy(kernels, dtype):
         kernels.write_kv_(cache, k, v, torch.tensor([7, 0, 24, 12, 13]))
     with pytest.raises(RuntimeError, match="k and v must be"):
         kernels.write_kv_(cache, k.float() if dtype == torch.bfloat16 else k.double(), v, slots)
+
+
+def test_huge_pages_tensors_hold_their_values_and_outlive_their_neighbours(kernels):
+    # small tensors share 64 MiB arenas at 64-byte steps; large ones get a 2 MiB-aligned mapping
+    x = torch.randn(1000, 577, generator=torch.Generator().manual_seed(0))
+    copies = [kernels.huge_pages_copy(x[i : i + 3]) for i in range(0, 30, 3)]
+    assert all(c.data_ptr() % 64 == 0 and c.is_contiguous() for c in copies)
+    step = (3 * 577 * 4 + 63) // 64 * 64  # next to each other, unless an arena filled up
+    gaps = [b.data_ptr() - a.data_ptr() for a, b in zip(copies, copies[1:], strict=False)]
+    assert gaps.count(step) >= len(gaps) - 1
+    del copies[:5]  # the arena stays mapped for the tensors still alive in it
+    for i, c in zip(range(15, 30, 3), copies, strict=True):
+        assert torch.equal(c, x[i : i + 3])
+    transposed = kernels.huge_pages_copy(x.t())  # a strided source: a contiguous copy
+    assert transposed.is_contiguous() and torch.equal(transposed, x.t())
+    big = kernels.huge_pages_empty([40 << 20], torch.uint8)
+    assert big.data_ptr() % (2 << 20) == 0 and big.dtype == torch.uint8
+    big.fill_(7)
+    assert int(big[-1]) == 7
+    assert kernels.huge_pages_empty([0, 5], torch.bfloat16).shape == (0, 5)

@@ -10,6 +10,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("add_rms_norm", &add_rms_norm, release(), "residual += delta in place, then RMSNorm of it");
   m.def("silu_and_mul", &silu_and_mul, release(), "silu(gate) * up of a fused [gate ‖ up] tensor");
   m.def("rotary_", &rotary_, release(), "rotate-half rotary embedding in place, transformers' rounding");
+  m.def("huge_pages_empty", &huge_pages_empty, "a contiguous tensor on 2 MiB pages, uninitialised");
+  m.def("huge_pages_copy", &huge_pages_copy, "a contiguous copy of a CPU tensor on 2 MiB pages");
   m.def("pack_int8", &pack_int8, "(N, K) int8 weights → int8_linear's tiled layout");
   m.def("int8_linear", &int8_linear, release(), "x @ (int8 weights · scales)ᵀ (+ bias), fp32 sums");
   m.def("write_kv_", &write_kv_, release(), "K/V rows of this step into their cache slots");

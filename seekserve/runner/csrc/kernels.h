@@ -182,6 +182,10 @@ void for_each_tile_amx(int64_t rows, int64_t n_size, const Dot& dot, const Store
 }
 #endif
 
+// huge_pages.cpp: a contiguous tensor (uninitialised) / a contiguous copy on 2 MiB pages
+torch::Tensor huge_pages_empty(const std::vector<int64_t>& sizes, at::ScalarType dtype);
+torch::Tensor huge_pages_copy(const torch::Tensor& tensor);
+
 // paged_attention.cpp
 torch::Tensor paged_decode_attention(const torch::Tensor& q, const torch::Tensor& kv_cache,
                                      const torch::Tensor& block_table,

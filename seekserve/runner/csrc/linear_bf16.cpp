@@ -147,7 +147,8 @@ torch::Tensor pack_bf16(const torch::Tensor& weight) {
   auto padded = torch::zeros({tiles * kTile, pairs * 2}, weight.options());
   padded.narrow(0, 0, n_size).narrow(1, 0, k_size).copy_(weight);
   // (tiles, 32, pairs, 2) → (tiles, pairs, 32, 2)
-  return padded.view({tiles, kTile, pairs, 2}).transpose(1, 2).contiguous();
+  // on huge pages: decode streams these bytes every step (huge_pages.cpp)
+  return huge_pages_copy(padded.view({tiles, kTile, pairs, 2}).transpose(1, 2));
 }
 
 torch::Tensor bf16_linear(const torch::Tensor& x, const torch::Tensor& packed, int64_t out_features,

@@ -180,7 +180,8 @@ torch::Tensor pack_int8(const torch::Tensor& weight) {
   const int64_t tiles = (n_size + kTile - 1) / kTile;
   auto padded = torch::zeros({tiles * kTile, k_size}, weight.options());
   padded.narrow(0, 0, n_size).copy_(weight);
-  return padded.view({tiles, kTile, k_size}).transpose(1, 2).contiguous();  // (tiles, K, 32)
+  // (tiles, K, 32), on huge pages: decode streams these bytes every step (huge_pages.cpp)
+  return huge_pages_copy(padded.view({tiles, kTile, k_size}).transpose(1, 2));
 }
 
 torch::Tensor int8_linear(const torch::Tensor& x, const torch::Tensor& packed,
