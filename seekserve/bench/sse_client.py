@@ -170,15 +170,15 @@ class SSEConnection:
                 yield b"".join(pieces)
             buffer += await self._read_some(reader)
 
-    async def _read_some(self, reader: asyncio.StreamReader) -> bytes:
-        piece = await self._read(reader.read(1 << 16))
+    async def _read_some(self, reader: asyncio.StreamReader, limit: int = 1 << 16) -> bytes:
+        piece = await self._read(reader.read(limit))
         if not piece:
             raise ConnectionError("the server closed the connection mid-response")
         return piece
 
     async def _sized(self, reader: asyncio.StreamReader, length: int) -> AsyncIterator[bytes]:
         while length > 0:
-            piece = await self._read_some(reader)
+            piece = await self._read_some(reader, min(length, 1 << 16))  # not past the body
             length -= len(piece)
             yield piece
 

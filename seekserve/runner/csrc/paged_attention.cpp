@@ -109,10 +109,6 @@ void decode_attention(const T* __restrict__ q, const T* __restrict__ kv,
 }
 
 #if defined(__AVX512BF16__)
-// The same attention for bf16 K/V, blocks of 16 tokens, head_dim kDim (64 or 128) and kGroup
-// query heads per KV head, with the group's accumulators in registers: q·k by vdpbf16ps
-// (bf16 products summed in fp32, as SDPA's bf16 kernel does), the block's softmax by exp16,
-// each V row widened to fp32 once for the whole group. About 6x the generic kernel's speed.
 // sums[t] = the sum of v[t]'s 16 lanes, for 16 vectors at once: the halves of pairs of vectors
 // added, then quarters, eighths, sixteenths (15 adds where 16 _mm512_reduce_add_ps take 64
 // shuffles and adds). Each sum is added in _mm512_reduce_add_ps's order (upper 8 lanes to lower
@@ -139,6 +135,10 @@ inline __m512 sum_each16(const __m512 v[16]) {
   return _mm512_permutexvar_ps(order, z);
 }
 
+// The same attention for bf16 K/V, blocks of 16 tokens, head_dim kDim (64 or 128) and kGroup
+// query heads per KV head, with the group's accumulators in registers: q·k by vdpbf16ps
+// (bf16 products summed in fp32, as SDPA's bf16 kernel does), the block's softmax by exp16,
+// each V row widened to fp32 once for the whole group. About 6x the generic kernel's speed.
 template <int64_t kDim, int kGroup>
 void decode_item_bf16(const c10::BFloat16* __restrict__ q_rows, const c10::BFloat16* __restrict__ kv,
                       const int64_t* __restrict__ blocks, int64_t length, int64_t block_stride,
