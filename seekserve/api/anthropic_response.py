@@ -30,7 +30,7 @@ from typing import Any
 
 from seekserve.api.chat_plan import ChatPlan
 from seekserve.api.generation import Generation
-from seekserve.api.sse import dumps, with_keepalive
+from seekserve.api.sse import dumps
 from seekserve.errors import ApiError, EngineError, to_status_and_body
 from seekserve.output.message import ContentText, MessageEvent, MessageParser, ReasoningText
 from seekserve.output.tool_calls import ToolCallStart, tool_call_id
@@ -193,7 +193,7 @@ async def stream(
     yield sse("message_start", {"type": "message_start", "message": start})
     yield PING
     try:
-        async for delta in with_keepalive(gen.deltas(), keepalive_interval_s):
+        async for delta in gen.deltas(keepalive_interval_s):
             if delta is None:  # silent for a while (queued or a long prefill)
                 yield PING
                 continue

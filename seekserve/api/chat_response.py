@@ -17,7 +17,7 @@ from typing import Any
 
 from seekserve.api.chat_plan import ChatPlan
 from seekserve.api.generation import Generation
-from seekserve.api.sse import DONE, KEEPALIVE, error_event, event, with_keepalive
+from seekserve.api.sse import DONE, KEEPALIVE, error_event, event
 from seekserve.errors import EngineError
 from seekserve.output.message import (
     ContentText,
@@ -172,7 +172,7 @@ async def stream(
     parser = plan.parser()
     yield event(chunks.first())
     try:
-        async for delta in with_keepalive(gen.deltas(), keepalive_interval_s):
+        async for delta in gen.deltas(keepalive_interval_s):
             if delta is None:  # silent for a while (queued or a long prefill)
                 yield KEEPALIVE
                 continue

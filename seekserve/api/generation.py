@@ -6,8 +6,6 @@ usage. Leaving the iteration early (client gone, stop string) aborts the engine 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -18,7 +16,6 @@ from fastapi import Request
 
 from seekserve.api.protocol import GenerationRequest
 from seekserve.api.state import ServedModel, ServerState
-from seekserve.engine.outputs import EngineOutput
 from seekserve.errors import ContextTooLong, EngineError, InvalidRequest, Overloaded
 from seekserve.output.processor import RequestOutputState, TextDelta
 from seekserve.sampling.sampler import TokenLogprob
@@ -49,29 +46,50 @@ class Generation:
     finish_reason: str | None = None
     _state: RequestOutputState = field(init=False)
     _last_token_s: float | None = field(init=False, default=None)
+    _inter_token: Any = field(init=False, default=None)
+    """The inter-token histogram of this model (its labelled child, looked up once)."""
 
     def __post_init__(self) -> None:
         self._state = RequestOutputState(self.served.tokenizer, self.params.stop)
 
-    async def deltas(self) -> AsyncIterator[TextDelta]:
-        outputs = self.served.engine.generate(
-            self.request_id, self.prompt_token_ids, self.params, self.cache_salt
-        )
+    async def deltas(self, idle_s: float | None = None) -> AsyncIterator[TextDelta | None]:
+        """The request's text deltas until it finishes; with `idle_s`, also None whenever no
+        output came for that long (queued, a long prefill: send a keep-alive then). Leaving
+        early aborts the engine request. 503 when it has not started within the deadline
+        (DeepSeek closes a request that has not started inference after 10 minutes)."""
+        engine = self.served.engine
+        stream = engine.open(self.request_id, self.prompt_token_ids, self.params, self.cache_salt)
+        started = False
+        deadline_s = time.monotonic() + self.start_deadline_s
         try:
-            async with contextlib.aclosing(outputs):
-                first = await self._first_output(outputs)
-                async for output in _prepend(first, outputs):
-                    if output.error is not None:
-                        raise EngineError(output.error)
-                    self.num_cached_tokens = output.num_cached_tokens
-                    delta = self._state.process(output)
-                    self._observe_tokens(delta.num_output_tokens - self.num_output_tokens)
-                    self.num_output_tokens = delta.num_output_tokens
-                    self.finish_reason = delta.finish_reason
-                    yield delta
-                    if delta.finish_reason is not None:
-                        return
+            while True:
+                timeout_s = idle_s
+                if not started:
+                    left_s = deadline_s - time.monotonic()
+                    if left_s <= 0:
+                        raise Overloaded(
+                            "Server Overloaded: the request did not start within "
+                            f"{self.start_deadline_s:g} s"
+                        )
+                    timeout_s = left_s if idle_s is None else min(idle_s, left_s)
+                output = await stream.get(timeout_s)
+                if output is None:
+                    if idle_s is not None and (started or time.monotonic() < deadline_s):
+                        yield None
+                    continue
+                started = True
+                if output.error is not None:
+                    raise EngineError(output.error)
+                self.num_cached_tokens = output.num_cached_tokens
+                delta = self._state.process(output)
+                self._observe_tokens(delta.num_output_tokens - self.num_output_tokens)
+                self.num_output_tokens = delta.num_output_tokens
+                self.finish_reason = delta.finish_reason
+                yield delta
+                if delta.finish_reason is not None:
+                    return
         finally:
+            engine.close(stream)
             if self.metrics is not None and self.finish_reason is not None:
                 latency_s = time.monotonic() - self.arrival_s
                 self.metrics.e2e_request_latency.labels(self.served.name).observe(latency_s)
@@ -89,18 +107,9 @@ class Generation:
             return
         if last is None:
             self.metrics.time_to_first_token.labels(self.served.name).observe(now - self.arrival_s)
+            self._inter_token = self.metrics.inter_token_latency.labels(self.served.name)
         else:
-            self.metrics.inter_token_latency.labels(self.served.name).observe(now - last)
-
-    async def _first_output(self, outputs: AsyncIterator[EngineOutput]) -> EngineOutput:
-        """The first output, or 503 when the request has not started within the deadline
-        (DeepSeek closes a request that has not started inference after 10 minutes)."""
-        try:
-            return await asyncio.wait_for(anext(outputs), self.start_deadline_s)
-        except TimeoutError:
-            raise Overloaded(
-                f"Server Overloaded: the request did not start within {self.start_deadline_s:g} s"
-            ) from None
+            self._inter_token.observe(now - last)
 
     @classmethod
     def start(
@@ -225,11 +234,3 @@ def build_sampling_params(
         logprobs=logprobs,
         grammar=grammar,
     )
-
-
-async def _prepend(
-    first: EngineOutput, rest: AsyncIterator[EngineOutput]
-) -> AsyncIterator[EngineOutput]:
-    yield first
-    async for item in rest:
-        yield item
