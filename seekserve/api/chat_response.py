@@ -17,7 +17,7 @@ from typing import Any
 
 from seekserve.api.chat_plan import ChatPlan
 from seekserve.api.generation import Generation
-from seekserve.api.sse import DONE, KEEPALIVE, error_event, event
+from seekserve.api.sse import DONE, KEEPALIVE, dumps, encode_json_string, error_event, event
 from seekserve.errors import EngineError
 from seekserve.output.message import (
     ContentText,
@@ -94,6 +94,16 @@ class _Chunks:
         self.include_usage, self.logprobs = include_usage, logprobs
         # logprobs of tokens whose text is still held back ride on the next chunk sent
         self.pending: list[dict[str, Any]] = []
+        # A plain content chunk (no reasoning, no logprobs) as the text between two halves of
+        # its encoding: the same bytes as `event(self.text("content", text))`, without a dict
+        # built and encoded per token (the event loop's CPU per token, which the engine waits
+        # for at high concurrency). NUL marks the place: JSON escapes it, so the encoded
+        # marker occurs only where the text goes (the last occurrence; nothing after it holds
+        # a string).
+        self._content_halves: tuple[str, str] | None = None
+        if not self.reasoning and not self.logprobs:
+            head, _, tail = event(self.text("content", "\0")).rpartition(dumps("\0"))
+            self._content_halves = (head, tail)
 
     def chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         logprobs = None
@@ -130,9 +140,10 @@ class _Chunks:
             call = {"index": event.index, "function": {"arguments": event.text}}
         return self.chunk({"tool_calls": [call]})
 
-    def events(self, events: list[MessageEvent]) -> list[dict[str, Any]]:
-        """One chunk per run of same-kind text, one per tool-call fragment."""
-        chunks: list[dict[str, Any]] = []
+    def events(self, events: list[MessageEvent]) -> list[str]:
+        """The SSE events of these message events: one chunk per run of same-kind text, one
+        per tool-call fragment."""
+        chunks: list[str] = []
         run_kind, run = "", ""
         for item in events:
             kind = "reasoning" if isinstance(item, ReasoningText) else "content"
@@ -140,15 +151,21 @@ class _Chunks:
                 run_kind, run = kind, run + item.text
                 continue
             if run:
-                chunks.append(self.text(run_kind, run))
+                chunks.append(self.text_event(run_kind, run))
                 run_kind, run = "", ""
             if isinstance(item, ReasoningText | ContentText):
                 run_kind, run = kind, item.text
             else:
-                chunks.append(self.tool_call(item))
+                chunks.append(event(self.tool_call(item)))
         if run:
-            chunks.append(self.text(run_kind, run))
+            chunks.append(self.text_event(run_kind, run))
         return chunks
+
+    def text_event(self, kind: str, text: str) -> str:
+        if self._content_halves is not None:
+            head, tail = self._content_halves
+            return head + encode_json_string(text) + tail
+        return event(self.text(kind, text))
 
     def last(self, finish: str | None, usage: dict[str, Any]) -> dict[str, Any]:
         delta: dict[str, Any] = {"content": ""}
@@ -180,8 +197,8 @@ async def stream(
             events = parser.feed(delta.text, delta.num_new_tokens)
             if delta.finish_reason is not None:
                 events.extend(parser.finish())
-            for obj in chunks.events(events):
-                yield event(obj)
+            for sse_event in chunks.events(events):
+                yield sse_event
             if delta.finish_reason is not None:
                 usage = gen.usage(parser.num_reasoning_tokens)
                 yield event(chunks.last(finish_reason(gen, parser), usage))

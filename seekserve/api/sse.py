@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from json.encoder import encode_basestring as _encode_basestring
 from typing import Any
 
 from fastapi.responses import StreamingResponse
@@ -27,6 +28,11 @@ def error_event(exc: BaseException) -> str:
 
 def dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def encode_json_string(text: str) -> str:
+    """`dumps(text)` for a str, quotes included: the encoder `dumps` itself uses for strings."""
+    return _encode_basestring(text)
 
 
 def event(obj: Any) -> str:

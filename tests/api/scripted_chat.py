@@ -55,6 +55,8 @@ CHAT_SCRIPTS: dict[str, list[str | int]] = {
         "</tool_call>",
     ],
     "no call please": ["It", " is", " sunny", "."],
+    # what JSON must escape, or may keep as is, in a content chunk
+    "escapes please": ["Say", ' "hi"', " \\", "\tt\u00e9", " \U0001f600", "\u2028", "\x01", "end"],
     "bad args please": ["<tool_call>", "\n", '{"name": "get_weather", "arguments": {"city": 5}}'],
 }
 

@@ -154,6 +154,17 @@ def test_content_then_a_call(client, tokenizer):
     assert body["usage"]["completion_tokens"] == num_tokens(tokenizer, "weather please") + 1
 
 
+def test_content_chunks_are_encoded_exactly_as_json_encodes_them(client):
+    """Quotes, a backslash, a tab, non-ASCII, a line separator and a control character in
+    streamed content: each chunk's bytes are the compact JSON of its object (`sse_events`
+    checks), and the text arrives whole."""
+    body = {**ask(client, "escapes please", tools=None), "stream": True}
+    chunks = sse_events(client.post(CHAT, json=body))
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+    assert text == "".join(CHAT_SCRIPTS["escapes please"])
+    assert text == 'Say "hi" \\\tt\u00e9 \U0001f600\u2028\x01end'
+
+
 def test_content_then_a_call_streamed(client, tokenizer):
     chunks = sse_events(client.post(CHAT, json={**ask(client, "weather please"), "stream": True}))
     rid = chunks[0]["id"]
