@@ -18,7 +18,7 @@ import collections
 import logging
 import queue
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 from seekserve.engine.engine import Engine
@@ -151,24 +151,6 @@ class AsyncEngine:
         self._in_flight_tokens -= stream.num_prompt_tokens
         if not stream.finished:
             self._commands.put(("abort", stream.request_id))
-
-    async def generate(
-        self,
-        request_id: str,
-        prompt_token_ids: list[int],
-        params: SamplingParams,
-        cache_salt: str = "",
-    ) -> AsyncIterator[EngineOutput]:
-        """Yield the request's outputs until it finishes. Closing the iterator early (client
-        gone, stop string found) aborts the request and frees its blocks."""
-        stream = self.open(request_id, prompt_token_ids, params, cache_salt)
-        try:
-            while not stream.finished:
-                output = await stream.get()
-                assert output is not None  # no time limit
-                yield output
-        finally:
-            self.close(stream)
 
     # -- engine thread -------------------------------------------------------------------
 
