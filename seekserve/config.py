@@ -94,7 +94,8 @@ class ModelConfig:
     """`max_tokens` when a request omits it, capped by the context; None: DeepSeek's, 4096
     (chat) or 32768 (reasoner)."""
     quantization: str | None = None
-    """None, or "int8": int8 weight-only linear layers (faster bandwidth-bound decode)."""
+    """None, "int8" (int8 weight-only linear layers: faster bandwidth-bound decode) or "w8a8"
+    (int8 weights times int8 activations: faster batched decode and prefill without AMX)."""
     price_cache_hit: float = 0.028
     """USD per 1M prompt tokens served from the prefix cache (DeepSeek V3.2's price)."""
     price_cache_miss: float = 0.28
@@ -107,8 +108,10 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError(f"max_model_len ({self.max_model_len}) must be >= 2")
-        if self.quantization not in (None, "int8"):
-            raise ValueError(f"quantization {self.quantization!r} is not supported; use int8")
+        if self.quantization not in (None, "int8", "w8a8"):
+            raise ValueError(
+                f"quantization {self.quantization!r} is not supported; use int8 or w8a8"
+            )
         if not 1 <= self.output_tokens_default <= self.output_tokens_limit:
             raise ValueError(
                 f"default_max_tokens ({self.output_tokens_default}) must be in "

@@ -130,6 +130,10 @@ class Engine:
             from seekserve.models.layers.quant import quantize_linears_int8
 
             logger.info("int8 weight-only: %d linear layers", quantize_linears_int8(model, kernels))
+        elif config.model.quantization == "w8a8":
+            from seekserve.models.layers.quant import quantize_linears_w8a8
+
+            logger.info("w8a8: %d linear layers", quantize_linears_w8a8(model, kernels))
         elif config.use_cpu_kernels:
             from seekserve.models.layers.linear import pack_linears
 

@@ -45,6 +45,7 @@ _SOURCES = (
     "decoder.cpp",
     "linear_int8.cpp",
     "linear_bf16.cpp",
+    "linear_w8a8.cpp",
     "argmax.cpp",
     "huge_pages.cpp",
 )

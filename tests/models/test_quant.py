@@ -1,8 +1,10 @@
 """Int8 weight-only linears: exact against their own dequantized weights, close to the
-unquantized model."""
+unquantized model. W8A8 linears: the activation quantization exactly as specified, close to
+the unquantized model."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -11,7 +13,10 @@ from seekserve.models.layers.quant import (
     AMX_MAX_ROWS,
     TILED_MAX_ROWS,
     Int8Linear,
+    W8A8Linear,
+    quantize_activations,
     quantize_linears_int8,
+    quantize_linears_w8a8,
 )
 from seekserve.sampling_params import SamplingParams
 from tests.conftest import engine_config
@@ -36,13 +41,44 @@ def test_quantize_replaces_every_linear_including_a_tied_head():
     assert isinstance(model[0], Int8Linear) and isinstance(model[2][0], Int8Linear)
 
 
-def test_int8_engine_logits_stay_close_to_the_unquantized_ones(tiny_llama_dir):
+def test_activations_are_quantized_per_block_of_32_half_to_even():
+    x = torch.zeros(2, 64)
+    x[0, :4] = torch.tensor([127.0, -63.5, 0.5, 1.5])  # scale 1: halves round to even
+    x[0, 32:36] = torch.tensor([2.54, -1.27, 0.0127, 0.0])  # scale 0.02
+    values, scales = quantize_activations(x)
+    assert values.shape == (2, 2, 32) and scales.shape == (2, 2)
+    assert values[0, 0, :4].tolist() == [127.0, -64.0, 0.0, 2.0]
+    assert scales[0, 0].item() == 1.0
+    assert values[0, 1, :4].tolist() == [127.0, -64.0, 1.0, 0.0]
+    assert scales[0, 1].item() == torch.tensor(2.54 / 127.0).item()
+    assert scales[1].tolist() == [0.0, 0.0] and not values[1].any()  # all-zero blocks
+
+
+def test_w8a8_linear_stays_close_to_the_float_layer():
+    torch.manual_seed(0)
+    linear = nn.Linear(96, 40, bias=True)
+    quantized = W8A8Linear(linear)  # no kernels: the PyTorch reference
+    x = torch.randn(3, 5, 96)
+    expected = linear(x).detach()
+    ours = quantized(x)
+    assert ours.shape == (3, 5, 40)
+    assert (ours - expected).abs().max() < 0.02 * expected.abs().max()
+    with pytest.raises(ValueError, match="divisible by 32"):
+        W8A8Linear(nn.Linear(48, 8))
+
+
+def test_quantize_w8a8_keeps_weight_only_int8_where_k_is_not_in_blocks_of_32():
+    model = nn.Sequential(nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 2))
+    assert quantize_linears_w8a8(model) == 2
+    assert isinstance(model[0], W8A8Linear) and isinstance(model[2], Int8Linear)
+
+
+@pytest.mark.parametrize("quantization", ["int8", "w8a8"])
+def test_quantized_engine_logits_stay_close_to_the_unquantized_ones(tiny_llama_dir, quantization):
     prompt = list(range(20, 45))
     logits = []
-    for quantization in (None, "int8"):
-        engine = Engine.from_config(
-            engine_config(tiny_llama_dir, quantization=quantization), frozenset()
-        )
+    for mode in (None, quantization):
+        engine = Engine.from_config(engine_config(tiny_llama_dir, quantization=mode), frozenset())
         engine.add_request("q", prompt, SamplingParams(max_tokens=1, temperature=0.0))
         while True:
             out = engine.scheduler.schedule()
@@ -51,10 +87,11 @@ def test_int8_engine_logits_stay_close_to_the_unquantized_ones(tiny_llama_dir):
             if ids:
                 logits.append(step_logits[0])
                 break
-    full, int8 = logits
-    cosine = torch.nn.functional.cosine_similarity(full, int8, dim=0)
-    assert cosine > 0.995
-    assert int(full.argmax()) == int(int8.argmax())
+    full, quantized = logits
+    cosine = torch.nn.functional.cosine_similarity(full, quantized, dim=0)
+    # w8a8 also rounds every activation to 8 bits (random tiny weights: 0.994 here)
+    assert cosine > (0.995 if quantization == "int8" else 0.99)
+    assert int(full.argmax()) == int(quantized.argmax())
 
 
 def test_the_tiled_int8_kernel_computes_the_same_quantized_layer():

@@ -208,6 +208,65 @@ def test_int8_linear_rejects_mismatched_tensors(kernels):
         kernels.int8_linear(x, packed, torch.ones(40), torch.ones(40).bfloat16())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("out_features", "in_features"), [(70, 96), (33, 32), (96, 576)])
+def test_w8a8_linear_computes_the_reference_bits(kernels, dtype, out_features, in_features):
+    """Any N (tiles of 32 outputs, the last one padded), K in blocks of 32, 1 to 13 rows
+    (groups of 6 and their remainders): bitwise `w8a8_reference`, with and without bias; an
+    all-zero activation block (scale 0) and a block of one value (every value ±127)."""
+    from seekserve.models.layers.quant import w8a8_reference
+
+    generator = torch.Generator().manual_seed(out_features)
+    weight = torch.randint(-127, 128, (out_features, in_features), generator=generator)
+    weight = weight.to(torch.int8)
+    scales = torch.rand(out_features, generator=generator) / 50
+    bias = torch.randn(out_features, generator=generator).to(dtype)
+    packed, offsets = kernels.pack_w8a8(weight)
+    assert packed.shape == (-(-out_features // 32), in_features // 4, 32, 4)
+    assert offsets.shape == (-(-out_features // 32), in_features // 32, 32)
+    # offsets: -128 · the sum of each output's weights over each block
+    assert int(offsets[0, 0, 0]) == -128 * int(weight[0, :32].sum())
+    for rows in range(1, 14):
+        x = torch.randn(rows, in_features, generator=generator).to(dtype)
+        x[0, :32] = 0.0
+        if rows > 1:
+            x[1, :32] = -3.0
+        for b in (None, bias):
+            ours = kernels.w8a8_linear(x, packed, offsets, scales, b)
+            assert ours.dtype == dtype and ours.shape == (rows, out_features)
+            assert torch.equal(ours, w8a8_reference(x, weight, scales, b)), (rows, b is None)
+
+
+def test_w8a8_linear_is_close_to_the_float_product(kernels):
+    """Quantizing the activations costs little: within 1.5 % of the largest output."""
+    generator = torch.Generator().manual_seed(5)
+    weight = torch.randint(-127, 128, (64, 576), generator=generator).to(torch.int8)
+    scales = torch.full((64,), 0.01)
+    packed, offsets = kernels.pack_w8a8(weight)
+    x = torch.randn(8, 576, generator=generator)
+    expected = (x @ weight.float().T) * scales
+    ours = kernels.w8a8_linear(x, packed, offsets, scales, None)
+    assert (ours - expected).abs().max() < 0.015 * expected.abs().max()
+
+
+def test_w8a8_linear_rejects_mismatched_tensors(kernels):
+    packed, offsets = kernels.pack_w8a8(torch.zeros(40, 64, dtype=torch.int8))
+    x = torch.randn(2, 64)
+    with pytest.raises(RuntimeError, match="int8 tensor"):
+        kernels.pack_w8a8(torch.zeros(4, 64))
+    with pytest.raises(RuntimeError, match=r"K \(48\) to be a multiple of 32"):
+        kernels.pack_w8a8(torch.zeros(4, 48, dtype=torch.int8))
+    with pytest.raises(RuntimeError, match="K = x.size"):
+        kernels.w8a8_linear(torch.randn(2, 32), packed, offsets, torch.ones(40), None)
+    with pytest.raises(RuntimeError, match="N = scales.numel"):
+        kernels.w8a8_linear(x, packed, offsets, torch.ones(70), None)
+    with pytest.raises(RuntimeError, match="bias must be"):
+        kernels.w8a8_linear(x, packed, offsets, torch.ones(40), torch.ones(40).bfloat16())
+    with pytest.raises(RuntimeError, match="bf16 or fp32"):
+        kernels.w8a8_linear(x.half(), packed, offsets, torch.ones(40), None)
+    assert kernels.w8a8_linear(x[:0], packed, offsets, torch.ones(40), None).shape == (0, 40)
+
+
 @pytest.mark.parametrize(("out_features", "in_features"), [(64, 48), (70, 37), (5, 3)])
 def test_bf16_linear_equals_the_fp32_product(kernels, out_features, in_features):
     """Any N (tiles of 32 outputs, the last one padded), any K (odd: a zero-padded last

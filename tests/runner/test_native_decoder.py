@@ -1,7 +1,8 @@
 """The native decode step (`runner/csrc/decoder.cpp`) against the Python layers it replaces:
 the same ops in the same order, so the hidden states of every decode step are bitwise equal,
-in fp32 (plain linears), bf16 (oneDNN-packed linears) and int8 (int8 kernel up to 4 rows,
-dequantized weights above), for llama and qwen2 (QKV bias), at batch sizes 10 down to 1."""
+in fp32 (plain linears), bf16 (oneDNN-packed linears), int8 (int8 kernel up to 4 rows,
+dequantized weights above) and w8a8, for llama and qwen2 (QKV bias), at batch sizes 10 down
+to 1."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from seekserve.models.layers.linear import (
     PackedLinear,
     native_linear,
 )
-from seekserve.models.layers.quant import Int8Linear
+from seekserve.models.layers.quant import Int8Linear, W8A8Linear
 from seekserve.runner import cpu_kernels
 from seekserve.runner.inputs import prepare_inputs
 from seekserve.sampling_params import SamplingParams
@@ -50,7 +51,8 @@ def model_dir(request, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize(
-    ("dtype", "quantization"), [("float32", None), ("bfloat16", None), ("bfloat16", "int8")]
+    ("dtype", "quantization"),
+    [("float32", None), ("bfloat16", None), ("bfloat16", "int8"), ("bfloat16", "w8a8")],
 )
 def test_decode_steps_equal_the_python_layers(kernels, model_dir, dtype, quantization):
     engine = make_engine(
@@ -110,6 +112,8 @@ def test_native_linears_equal_their_modules(kernels, rows, in_features):
         "int8": Int8Linear(bf16),
         "int8 tiled": Int8Linear(bf16, kernels),
     }
+    if in_features % 32 == 0:
+        modules["w8a8"] = W8A8Linear(bf16, kernels)
     for name, module in modules.items():
         dtype = torch.float32 if name == "dense" else torch.bfloat16
         x = torch.randn(rows, in_features, generator=generator).to(dtype)

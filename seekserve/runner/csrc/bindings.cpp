@@ -14,6 +14,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("huge_pages_copy", &huge_pages_copy, "a contiguous copy of a CPU tensor on 2 MiB pages");
   m.def("pack_int8", &pack_int8, "(N, K) int8 weights → int8_linear's tiled layout");
   m.def("int8_linear", &int8_linear, release(), "x @ (int8 weights · scales)ᵀ (+ bias), fp32 sums");
+  m.def("pack_w8a8", &pack_w8a8, "(N, K) int8 weights → w8a8_linear's tiled layout, offsets");
+  m.def("w8a8_linear", &w8a8_linear, release(),
+        "x quantized to int8 in blocks of 32, times int8 weights (integer dot products)");
+#if defined(__AVX512VNNI__)
+  m.attr("fast_w8a8_linear") = true;
+#else
+  m.attr("fast_w8a8_linear") = false;
+#endif
   m.def("write_kv_", &write_kv_, release(), "K/V rows of this step into their cache slots");
   m.def("argmax_rows", &argmax_rows, release(), "first maximal index of each row (NaN first)");
   // whether the tiled matrix-vector kernels were built with their vector instructions (without
@@ -35,6 +43,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_static("dense", &Linear::dense)
       .def_static("packed", &Linear::packed)
       .def_static("int8", &Linear::int8)
+      .def_static("w8a8", &Linear::w8a8)
       .def("__call__", &Linear::operator(), release());
   pybind11::class_<Decoder>(m, "Decoder", "the decode step of a llama-family model")
       .def(pybind11::init<int64_t, int64_t, int64_t, double, double, torch::Tensor>())

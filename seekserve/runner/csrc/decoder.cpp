@@ -13,7 +13,7 @@
 //   x += a; h = rms_norm(x)              (add_rms_norm)
 //   x = x + down_proj(silu(gate) * up)
 // then the final norm. Linear layers are `Linear`: dense (at::linear), oneDNN-packed bf16, or
-// int8 weight-only with its dense fallback, each the same call its Python module makes.
+// int8 weight-only with its dense fallback, or W8A8, each the same call its Python module makes.
 #include "kernels.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -71,8 +71,26 @@ Linear Linear::int8(torch::Tensor weight_int8, torch::Tensor scales,
   return linear;
 }
 
+Linear Linear::w8a8(torch::Tensor packed, torch::Tensor offsets, torch::Tensor scales,
+                    std::optional<torch::Tensor> bias) {
+  Linear linear;
+  linear.kind_ = Kind::kW8A8;
+  linear.weight_ = std::move(packed);
+  linear.offsets_ = std::move(offsets);
+  linear.scales_ = std::move(scales);
+  linear.bias_ = std::move(bias);
+  return linear;
+}
+
 torch::Tensor Linear::operator()(const torch::Tensor& x) const {
   switch (kind_) {
+    case Kind::kW8A8: {
+      const auto out = w8a8_linear(x.reshape({-1, x.size(-1)}).contiguous(), weight_, offsets_,
+                                   scales_, bias_);
+      auto sizes = x.sizes().vec();
+      sizes.back() = out.size(-1);
+      return out.reshape(sizes);
+    }
     case Kind::kDense:
       return at::linear(x, weight_, bias_);
     case Kind::kPacked: {

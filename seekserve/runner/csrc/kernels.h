@@ -11,6 +11,7 @@
 #include <cstring>
 #include <memory>
 #include <optional>
+#include <tuple>
 #include <vector>
 
 #if defined(__AVX512F__)
@@ -63,6 +64,37 @@ inline __m512 round_bf16(__m512 x) {
 #endif
 
 constexpr int64_t kTileWidth = 32, kTileRows = 4;  // outputs per tile, rows per weight load
+
+// One output row of a tile: dst[j] = bf16(sums[j] · scales[j] + bias[j]) for j < width, scales
+// and bias optional (nullptr), each step rounded as the scalar `float` expression rounds it
+// (fp32 multiply, fp32 add, round to nearest even). 16 lanes at a time where the CPU has
+// AVX512-BF16: the tiled kernels' epilogue, which scalar conversions made as slow as the
+// tile products at 64 rows.
+inline void store_row_bf16(c10::BFloat16* dst, const float* sums, int64_t width,
+                           const float* scales, const c10::BFloat16* bias) {
+  int64_t j = 0;
+#if defined(__AVX512BF16__)
+  for (; j < width; j += 16) {
+    const __mmask16 mask = width - j >= 16 ? __mmask16(0xffff) : __mmask16((1u << (width - j)) - 1);
+    __m512 v = _mm512_maskz_loadu_ps(mask, sums + j);
+    if (scales != nullptr) {
+      v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(mask, scales + j));
+      asm("" : "+v"(v));  // the product rounded on its own: GCC would fuse it with the add
+    }
+    if (bias != nullptr) {
+      const __m256i bits = _mm256_maskz_loadu_epi16(mask, bias + j);
+      v = _mm512_add_ps(v, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16)));
+    }
+    _mm256_mask_storeu_epi16(dst + j, mask, (__m256i)_mm512_cvtneps_pbh(v));
+  }
+#endif
+  for (; j < width; ++j) {
+    volatile float value = sums[j];  // volatile: no fused multiply-add, as in the vector loop
+    if (scales != nullptr) value = value * scales[j];
+    if (bias != nullptr) value = value + to_float(bias[j]);
+    dst[j] = static_cast<c10::BFloat16>(value);
+  }
+}
 
 // `body(begin, end)` over [0, count) in chunks that the intra-op threads take in turn, so a
 // thread that the OS has paused (the event loop, another process) delays only its own chunk.
@@ -203,6 +235,12 @@ torch::Tensor pack_int8(const torch::Tensor& weight);
 torch::Tensor int8_linear(const torch::Tensor& x, const torch::Tensor& packed,
                           const torch::Tensor& scales, const std::optional<torch::Tensor>& bias);
 
+// linear_w8a8.cpp
+std::tuple<torch::Tensor, torch::Tensor> pack_w8a8(const torch::Tensor& weight);
+torch::Tensor w8a8_linear(const torch::Tensor& x, const torch::Tensor& packed,
+                          const torch::Tensor& offsets, const torch::Tensor& scales,
+                          const std::optional<torch::Tensor>& bias);
+
 // argmax.cpp
 torch::Tensor argmax_rows(const torch::Tensor& logits);
 
@@ -231,12 +269,15 @@ class Linear {
   static Linear int8(torch::Tensor weight_int8, torch::Tensor scales,
                      std::optional<torch::Tensor> bias, const Linear& dense, int64_t max_rows,
                      bool tiled);
+  // w8a8_linear on pack_w8a8's layout (models/layers/quant.py: W8A8Linear), any number of rows
+  static Linear w8a8(torch::Tensor packed, torch::Tensor offsets, torch::Tensor scales,
+                     std::optional<torch::Tensor> bias);
   torch::Tensor operator()(const torch::Tensor& x) const;
 
  private:
-  enum class Kind { kDense, kPacked, kInt8, kInt8Tiled };
+  enum class Kind { kDense, kPacked, kInt8, kInt8Tiled, kW8A8 };
   Kind kind_ = Kind::kDense;
-  torch::Tensor weight_, scales_, tiled_;
+  torch::Tensor weight_, scales_, tiled_, offsets_;
   std::optional<torch::Tensor> bias_;
   std::shared_ptr<Linear> dense_;
   int64_t max_rows_ = 0, out_features_ = 0;

@@ -190,12 +190,7 @@ torch::Tensor bf16_linear(const torch::Tensor& x, const torch::Tensor& packed, i
     }
   };
   auto store = [&](int64_t m, int64_t n0, int64_t width, const float* sums) {
-    c10::BFloat16* row = dst + m * out_features + n0;
-    for (int64_t j = 0; j < width; ++j) {
-      float value = sums[j];
-      if (b != nullptr) value += to_float(b[n0 + j]);
-      row[j] = static_cast<c10::BFloat16>(value);
-    }
+    store_row_bf16(dst + m * out_features + n0, sums, width, nullptr, b == nullptr ? nullptr : b + n0);
   };
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__)
   if (amx) {

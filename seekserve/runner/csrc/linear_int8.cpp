@@ -134,6 +134,10 @@ void int8_rows(const T* __restrict__ x, const int8_t* __restrict__ w,
                int64_t rows, int64_t k_size, int64_t n_size) {
   auto store = [&](int64_t m, int64_t n0, int64_t width, const float* sums) {
     T* dst = out + m * n_size + n0;
+    if constexpr (std::is_same_v<T, c10::BFloat16>) {
+      store_row_bf16(dst, sums, width, scales + n0, bias == nullptr ? nullptr : bias + n0);
+      return;
+    }
     for (int64_t j = 0; j < width; ++j) {
       float value = sums[j] * scales[n0 + j];
       if (bias != nullptr) value += to_float(bias[n0 + j]);
