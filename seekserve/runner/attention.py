@@ -7,7 +7,9 @@ Per layer: write this step's K/V into the cache slots, then per attention group 
   that reads the K/V blocks in place; otherwise the requests' K/V are gathered block by block
   (one index op for K and V together) into (B, max_kv) for SDPA;
 * a prefill from position 0 of a single request (`causal`): the chunk's own K/V, a plain
-  causal mask, no gather (SDPA's causal kernel also skips the masked half);
+  causal mask, no gather (SDPA's causal kernel also skips the masked half); on a CPU with the
+  kernels and bf16 head_dim 64/128, our flash kernel instead (`csrc/prefill_attention.cpp`:
+  1,130 tokens, SmolLM2's heads, 2-core AMD EPYC without AMX: 3.9 against SDPA's 13.3 ms);
 * any other prefill group: queries padded through `q_index`, K/V gathered by blocks, the
   group's mask.
 
@@ -80,6 +82,10 @@ def paged_attention(
             out[start:stop] = o_g
             continue
         if masks is None and softcap is None and group.causal:
+            q_g, k_g = q[start:stop], k[start:stop]
+            if kernels is not None and kernels.prefill_attention_supported(q_g, k_g):
+                out[start:stop] = kernels.prefill_attention(q_g, k_g, v[start:stop], scale)
+                continue
             o_g = F.scaled_dot_product_attention(
                 q[start:stop].transpose(0, 1).unsqueeze(0),  # (1, H, n, D)
                 k[start:stop].transpose(0, 1).unsqueeze(0),

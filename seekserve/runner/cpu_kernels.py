@@ -41,6 +41,7 @@ _CSRC = Path(__file__).parent / "csrc"
 _SOURCES = (
     "bindings.cpp",
     "paged_attention.cpp",
+    "prefill_attention.cpp",
     "norm_activation.cpp",
     "decoder.cpp",
     "linear_int8.cpp",

@@ -118,7 +118,9 @@ def test_chunked_prefill_gives_the_logits_of_one_shot_prefill(tiny_llama_dir, hf
     logits_one = _prefill_logits(one_shot, prompt)
     logits_chunked = _prefill_logits(chunked, prompt)
     assert one_shot.last_num_chunks == 1 and chunked.last_num_chunks == 5
-    torch.testing.assert_close(logits_chunked, logits_one, rtol=1e-5, atol=1e-5)
+    # fp32 either way, but the chunks attend through masked SDPA over gathered K/V and the
+    # one shot through causal SDPA: sums in another order (up to 2e-5 apart on an AMD EPYC)
+    torch.testing.assert_close(logits_chunked, logits_one, rtol=1e-4, atol=1e-4)
     with torch.no_grad():
         expected = hf_model(torch.tensor([prompt])).logits[0, -1]
     torch.testing.assert_close(logits_one, expected, rtol=1e-4, atol=1e-4)

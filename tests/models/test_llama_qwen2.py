@@ -49,11 +49,19 @@ def build_tiny_qwen2(directory: Path, seed: int = 0) -> Path:
     return directory
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen2"])
+@pytest.fixture(scope="module", params=["llama", "qwen2", "llama-head64"])
 def model_dir(request, tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp(f"tiny-{request.param}")
     if request.param == "llama":
         return build_tiny_llama(directory, num_hidden_layers=3, tie_word_embeddings=False)
+    if request.param == "llama-head64":  # head_dim 64: the bf16 attention kernels' shapes
+        return build_tiny_llama(
+            directory,
+            hidden_size=128,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            tie_word_embeddings=False,
+        )
     return build_tiny_qwen2(directory)
 
 

@@ -208,6 +208,68 @@ def test_int8_linear_rejects_mismatched_tensors(kernels):
         kernels.int8_linear(x, packed, torch.ones(40), torch.ones(40).bfloat16())
 
 
+def _causal_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """(n, H, D) from (n, H, D), (n, Hkv, D) ×2 by PyTorch's SDPA, in q's dtype."""
+    heads = lambda t: t.transpose(0, 1).unsqueeze(0)  # noqa: E731
+    out = torch.nn.functional.scaled_dot_product_attention(
+        heads(q), heads(k), heads(v), is_causal=True, scale=scale, enable_gqa=True
+    )
+    return out[0].transpose(0, 1)
+
+
+@pytest.mark.parametrize(
+    ("n", "heads", "kv_heads", "dim"),
+    [
+        (1, 9, 3, 64),
+        (5, 9, 3, 64),
+        (33, 9, 3, 64),
+        (100, 4, 4, 64),
+        (70, 8, 2, 128),
+        (300, 9, 3, 64),
+    ],
+)
+def test_prefill_attention_is_as_close_to_fp32_as_sdpa_in_bf16(kernels, n, heads, kv_heads, dim):
+    """Any length (tiles of 32 keys, blocks of 16 positions, rows padded to 4 / 2), GQA groups
+    of 1-4, head_dim 64 and 128; q, k, v as strided views of one fused qkv tensor, as the
+    model passes them. bf16 in and out, fp32 scores and softmax: within SDPA's own bf16 error
+    of the fp32 result, plus one bf16 rounding."""
+    generator = torch.Generator().manual_seed(n)
+    qkv = torch.randn(n, heads + 2 * kv_heads, dim, generator=generator).to(torch.bfloat16)
+    q, k, v = qkv[:, :heads], qkv[:, heads : heads + kv_heads], qkv[:, heads + kv_heads :]
+    scale = dim**-0.5
+    ours = kernels.prefill_attention(q, k, v, scale)
+    assert ours.shape == (n, heads, dim) and ours.dtype == torch.bfloat16
+    exact = _causal_sdpa(q.float(), k.float(), v.float(), scale)
+    sdpa_error = (_causal_sdpa(q, k, v, scale).float() - exact).abs().max()
+    assert (ours.float() - exact).abs().max() <= sdpa_error + 2**-8
+
+
+def test_prefill_attention_never_sees_later_positions(kernels):
+    """Each position attends to itself and the positions before it, whatever comes after:
+    the outputs of a prefix are those of the prefix alone."""
+    generator = torch.Generator().manual_seed(1)
+    qkv = torch.randn(70, 15, 64, generator=generator).to(torch.bfloat16)
+    full = kernels.prefill_attention(qkv[:, :9], qkv[:, 9:12], qkv[:, 12:], 0.125)
+    qkv[40:, 9:] = 100.0  # later keys and values that would dominate
+    prefix = kernels.prefill_attention(qkv[:40, :9], qkv[:40, 9:12], qkv[:40, 12:], 0.125)
+    assert torch.equal(full[:40], prefix)
+    # position 0 sees only itself: its value row, for each query head of the group
+    assert torch.equal(full[0, 3:6], qkv[0, 13:14].expand(3, 64))
+
+
+def test_prefill_attention_takes_only_what_it_supports(kernels):
+    q, k = torch.zeros(4, 9, 64, dtype=torch.bfloat16), torch.zeros(4, 3, 64, dtype=torch.bfloat16)
+    assert kernels.prefill_attention_supported(q, k)
+    assert not kernels.prefill_attention_supported(q.float(), k.float())
+    assert not kernels.prefill_attention_supported(q[..., :32], k[..., :32])  # head_dim 32
+    assert not kernels.prefill_attention_supported(q[:, :8], k)  # 8 heads over 3
+    with pytest.raises(RuntimeError, match="needs bf16 q"):
+        kernels.prefill_attention(q.float(), k.float(), k.float(), 1.0)
+    with pytest.raises(RuntimeError, match="k and v must be"):
+        kernels.prefill_attention(q, k, k[:3], 1.0)
+    assert kernels.prefill_attention(q[:0], k[:0], k[:0], 1.0).shape == (0, 9, 64)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(("out_features", "in_features"), [(70, 96), (33, 32), (96, 576)])
 def test_w8a8_linear_computes_the_reference_bits(kernels, dtype, out_features, in_features):

@@ -6,6 +6,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   using release = pybind11::call_guard<pybind11::gil_scoped_release>;
   m.def("paged_decode_attention", &paged_decode_attention, release(),
         "decode attention over the paged KV cache, blocks read in place");
+  m.def("prefill_attention", &prefill_attention, release(),
+        "causal attention of a prefill from position 0 over its own K/V (bf16, flash)");
+  m.def("prefill_attention_supported", &prefill_attention_supported,
+        "whether prefill_attention takes these q, k (bf16, head_dim 64 or 128, built with "
+        "AVX512-BF16)");
   m.def("rms_norm", &rms_norm, release(), "RMSNorm with the reference's rounding steps");
   m.def("add_rms_norm", &add_rms_norm, release(), "residual += delta in place, then RMSNorm of it");
   m.def("silu_and_mul", &silu_and_mul, release(), "silu(gate) * up of a fused [gate ‖ up] tensor");

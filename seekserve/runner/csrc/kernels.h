@@ -241,6 +241,11 @@ torch::Tensor w8a8_linear(const torch::Tensor& x, const torch::Tensor& packed,
                           const torch::Tensor& offsets, const torch::Tensor& scales,
                           const std::optional<torch::Tensor>& bias);
 
+// prefill_attention.cpp
+bool prefill_attention_supported(const torch::Tensor& q, const torch::Tensor& k);
+torch::Tensor prefill_attention(const torch::Tensor& q, const torch::Tensor& k,
+                                const torch::Tensor& v, double scale);
+
 // argmax.cpp
 torch::Tensor argmax_rows(const torch::Tensor& logits);
 
