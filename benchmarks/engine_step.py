@@ -70,7 +70,7 @@ def prefill_ms(engine: Engine, fast: bool, tag: str) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path, default=DEFAULT_GGUF)
-    ap.add_argument("--quantization", choices=["int8"], default=None)
+    ap.add_argument("--quantization", choices=["int8", "w8a8"], default=None)
     ap.add_argument("--batches", type=lambda s: [int(b) for b in s.split(",")], default=[1, 16, 64])
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--threads", type=int, default=2)

@@ -1,7 +1,13 @@
-"""Int8 weight-only linear layers: decode on a CPU is bound by reading weights, and int8
-halves the bytes of bf16 (per-output-channel symmetric scales; activations stay in the
-compute dtype). Opt-in (`--quantization int8`): outputs are close to, not equal to, the
-unquantized model's.
+"""Int8 linear layers, opt-in: outputs are close to, not equal to, the unquantized model's.
+
+* `--quantization int8`, `Int8Linear`: weight-only. Decode on a CPU is bound by reading
+  weights, and int8 halves the bytes of bf16 (per-output-channel symmetric scales;
+  activations stay in the compute dtype).
+* `--quantization w8a8`, `W8A8Linear` (below): the same int8 weights times activations
+  quantized to int8 per block of 32, on integer dot products: for CPUs whose bf16 products
+  are slow (no AMX), where batched decode and prefill are bound by the vector units.
+
+The int8 weight-only kernels:
 
 Two int8 kernels, both for a few rows of activations (decode):
 * with SeekServe's CPU kernels, `int8_linear` (`runner/csrc/linear_int8.cpp`) on weights
