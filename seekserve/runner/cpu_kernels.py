@@ -16,7 +16,8 @@
   (`models/layers/causal_lm.py`).
 
 The extension is built with `torch.utils.cpp_extension` (g++ and ninja, ~2 min once) into
-`kernels_dir()/<torch version>-<CPU flags hash>` (~/.cache/seekserve/kernels), with
+`kernels_dir()/<torch version>-<hash of the CPU flags and the csrc/ path>`
+(~/.cache/seekserve/kernels), with
 `-march=native`: a build only ever runs on the CPU it was made for. Without a compiler, or with
 `SEEKSERVE_CPU_KERNELS=0`, everything runs on the plain PyTorch path (same results up to
 float rounding).
@@ -63,7 +64,11 @@ def _build_directory() -> Path:
         )
     except (OSError, StopIteration):
         flags = platform.processor()
-    tag = hashlib.sha256(flags.encode()).hexdigest()[:12]
+    # and where the sources are: two checkouts (a clean clone's CI beside a working tree)
+    # sharing one directory rebuilt each other's build at every start (~2.5 min each time);
+    # one checkout keeps its directory, so an edit rebuilds only the changed files
+    key = f"{flags}\n{_CSRC.resolve()}"
+    tag = hashlib.sha256(key.encode()).hexdigest()[:12]
     return kernels_dir() / f"torch{torch.__version__}-{tag}"
 
 
