@@ -7,9 +7,7 @@
   quantized to int8 per block of 32, on integer dot products: for CPUs whose bf16 products
   are slow (no AMX), where batched decode and prefill are bound by the vector units.
 
-The int8 weight-only kernels:
-
-Two int8 kernels, both for a few rows of activations (decode):
+Int8 weight-only has two kernels, both for a few rows of activations (decode):
 * with SeekServe's CPU kernels, `int8_linear` (`runner/csrc/linear_int8.cpp`) on weights
   tiled at load: SmolLM2-135M's 120 layer matmuls take 3.6 ms at batch 1 (30 GB/s, the
   machine's streaming read rate), 4.5 ms at 4 rows, 8.8 ms at 8; where the CPU has AMX, bf16
@@ -38,14 +36,19 @@ AMX_MAX_ROWS = 64
 """... up to this many where `int8_linear` has AMX's tile products (from 3 rows, bf16)."""
 
 
+def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, in) float weights → int8 weights and fp32 per-output-channel scales (symmetric)."""
+    weight = weight.detach().float()
+    scales = weight.abs().amax(dim=1).clamp(min=1e-8) / 127.0
+    return torch.round(weight / scales[:, None]).clamp(-127, 127).to(torch.int8), scales
+
+
 class Int8Linear(nn.Module):
     def __init__(self, linear: nn.Linear, kernels: Any = None) -> None:
         """`kernels`: SeekServe's CPU kernels module (`cpu_kernels.get`; built with AVX-512):
         the weights are kept in `int8_linear`'s tiled layout and the kernel serves few rows."""
         super().__init__()
-        weight = linear.weight.detach().float()
-        scales = weight.abs().amax(dim=1).clamp(min=1e-8) / 127.0  # (out,)
-        quantized = torch.round(weight / scales[:, None]).clamp(-127, 127).to(torch.int8)
+        quantized, scales = quantize_weight(linear.weight)
         dtype = linear.weight.dtype
         scales = scales.to(dtype)  # every path multiplies by these
         self.in_features, self.out_features = linear.in_features, linear.out_features
@@ -97,13 +100,6 @@ W8A8_BLOCK = 32
 """Activations are quantized to int8 in blocks of this many input features (one scale each)."""
 
 
-def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out, in) float weights → int8 weights and fp32 per-output-channel scales (symmetric)."""
-    weight = weight.detach().float()
-    scales = weight.abs().amax(dim=1).clamp(min=1e-8) / 127.0
-    return torch.round(weight / scales[:, None]).clamp(-127, 127).to(torch.int8), scales
-
-
 def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(M, K) → int8 values as fp32 (M, K / W8A8_BLOCK, W8A8_BLOCK) and fp32 scales (M, blocks):
     scale = max |x| / 127 of the block, value = round-half-even(x / scale), 0 where scale is 0."""
@@ -123,7 +119,7 @@ class W8A8Linear(nn.Module):
     bf16) make these layers faster than bf16 or int8 weight-only (SmolLM2-135M's matmuls at 64
     rows on a 2-core AMD EPYC: 17.9 ms against 22.8 ms bf16 and 40 ms int8 weight-only; at 1 row
     as fast as int8 weight-only). Outputs are close to the unquantized model's, and the kernel
-    (`runner/csrc/linear_w8a8.cpp`) and `reference` compute the same bits:
+    (`runner/csrc/linear_w8a8.cpp`) and `w8a8_reference` compute the same bits:
 
         out = cast(acc · scale[n] (+ bias)),  acc = fma(D_b, d_b, acc) over the blocks b in
         order, D_b = the exact integer dot product of block b, d_b its activation scale.
@@ -131,7 +127,7 @@ class W8A8Linear(nn.Module):
 
     def __init__(self, linear: nn.Linear, kernels: Any = None) -> None:
         """`kernels`: SeekServe's CPU kernels (`cpu_kernels.get`); with AVX512-VNNI the
-        weights are kept in `w8a8_linear`'s layout, else `reference` computes the layer."""
+        weights are kept in `w8a8_linear`'s layout, else `w8a8_reference` computes the layer."""
         super().__init__()
         if linear.in_features % W8A8_BLOCK:
             raise ValueError(f"w8a8 needs in_features divisible by {W8A8_BLOCK}")

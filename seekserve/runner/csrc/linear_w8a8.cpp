@@ -14,8 +14,8 @@
 //     acc[m,n] = fma(D[m,n,b], d[m,b], acc) for b = 0, 1, ...   (fp32, from acc = 0)
 //     D[m,n,b] = Σ_i q[m, b·32+i] · w[n, b·32+i]       (exact, int32)
 //
-// Every step is exact or one IEEE rounding in a fixed order, so `W8A8Linear.reference` (plain
-// PyTorch) computes the same bits. vpdpbusd multiplies unsigned by signed bytes: the kernel
+// Every step is exact or one IEEE rounding in a fixed order, so `w8a8_reference` (plain PyTorch,
+// models/layers/quant.py) computes the same bits. vpdpbusd multiplies unsigned by signed bytes: the kernel
 // feeds q + 128 and starts each block's int32 sum at -128 · Σ_i w[n, b·32+i] (kept beside the
 // packed weights), which cancels the offset exactly.
 //
