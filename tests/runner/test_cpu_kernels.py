@@ -218,23 +218,29 @@ def _causal_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
 
 
 @pytest.mark.parametrize(
-    ("n", "heads", "kv_heads", "dim"),
+    ("n", "heads", "kv_heads", "dim", "gain"),
     [
-        (1, 9, 3, 64),
-        (5, 9, 3, 64),
-        (33, 9, 3, 64),
-        (100, 4, 4, 64),
-        (70, 8, 2, 128),
-        (300, 9, 3, 64),
+        (1, 9, 3, 64, 1.0),
+        (5, 9, 3, 64, 1.0),
+        (33, 9, 3, 64, 1.0),
+        (100, 4, 4, 64, 1.0),
+        (70, 8, 2, 128, 1.0),
+        (300, 9, 3, 64, 1.0),
+        (129, 9, 3, 64, 8.0),
+        (200, 8, 2, 128, 8.0),
     ],
 )
-def test_prefill_attention_is_as_close_to_fp32_as_sdpa_in_bf16(kernels, n, heads, kv_heads, dim):
-    """Any length (tiles of 32 keys, blocks of 16 positions, rows padded to 4 / 2), GQA groups
-    of 1-4, head_dim 64 and 128; q, k, v as strided views of one fused qkv tensor, as the
-    model passes them. bf16 in and out, fp32 scores and softmax: within SDPA's own bf16 error
-    of the fp32 result, plus one bf16 rounding."""
+def test_prefill_attention_is_as_close_to_fp32_as_sdpa_in_bf16(
+    kernels, n, heads, kv_heads, dim, gain
+):
+    """Any length (steps of 64 keys, blocks of 16 positions, rows padded to 6), GQA groups of
+    1-4, head_dim 64 and 128; q, k, v as strided views of one fused qkv tensor, as the model
+    passes them; with `gain`, scores spread wide enough that the running max changes and rows
+    rescale. bf16 in and out, fp32 scores and softmax: within SDPA's own bf16 error of the fp32
+    result, plus one bf16 rounding."""
     generator = torch.Generator().manual_seed(n)
     qkv = torch.randn(n, heads + 2 * kv_heads, dim, generator=generator).to(torch.bfloat16)
+    qkv[:, :heads] *= gain
     q, k, v = qkv[:, :heads], qkv[:, heads : heads + kv_heads], qkv[:, heads + kv_heads :]
     scale = dim**-0.5
     ours = kernels.prefill_attention(q, k, v, scale)
@@ -267,6 +273,8 @@ def test_prefill_attention_takes_only_what_it_supports(kernels):
         kernels.prefill_attention(q.float(), k.float(), k.float(), 1.0)
     with pytest.raises(RuntimeError, match="k and v must be"):
         kernels.prefill_attention(q, k, k[:3], 1.0)
+    with pytest.raises(RuntimeError, match="positive scale, got -0.125"):
+        kernels.prefill_attention(q, k, k, -0.125)
     assert kernels.prefill_attention(q[:0], k[:0], k[:0], 1.0).shape == (0, 9, 64)
 
 
