@@ -49,16 +49,25 @@ def test_mixed_step_layout():
     assert prefill.mask.dtype == torch.bool and not prefill.causal
 
 
-def test_a_lone_prefill_from_position_zero_is_causal_and_gets_a_bias():
+def test_a_lone_prefill_from_position_zero_is_causal_and_needs_no_bias():
+    """A causal group attends with `is_causal` or the prefill kernel: its mask stays (sliding
+    windows narrow it) but no additive bias is filled for it; other groups get theirs."""
     out = SchedulerOutput([ScheduledRequest("p", [10, 11, 12], 0, [5], True)], [])
     (group,) = prepare_inputs(out, block_size=4).to(torch.device("cpu"), torch.bfloat16).groups
     assert group.causal and not group.is_decode
+    assert group.bias is None
+    assert group.mask[0, 0].tolist() == [
+        [True, False, False, False],
+        [True, True, False, False],
+        [True, True, True, False],
+    ]
     inf = float("-inf")
-    assert group.bias.dtype == torch.bfloat16
+    out = SchedulerOutput([ScheduledRequest("p", [10, 11], 4, [5, 6], True)], [])
+    (group,) = prepare_inputs(out, block_size=4).to(torch.device("cpu"), torch.bfloat16).groups
+    assert not group.causal and group.bias.dtype == torch.bfloat16
     assert group.bias[0, 0].tolist() == [
-        [0.0, inf, inf, inf],
-        [0.0, 0.0, inf, inf],
-        [0.0, 0.0, 0.0, inf],
+        [0.0, 0.0, 0.0, 0.0, 0.0, inf, inf, inf],
+        [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, inf, inf],
     ]
     # the same chunk after a cached prefix, or beside another prefill, is not
     out = SchedulerOutput([ScheduledRequest("p", [10, 11], 4, [5, 6], True)], [])
