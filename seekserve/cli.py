@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 from pathlib import Path
@@ -175,6 +176,10 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # the imports make a few hundred thousand objects that live as long as the process: no
+    # cyclic-collector passes over them while they are made, and frozen afterwards (the
+    # engine thread does the same for the model it loads: `AsyncEngine`)
+    gc.disable()
     import uvicorn
 
     from seekserve.api.app import create_app
@@ -182,6 +187,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         engine_configs = _engine_configs(args)
     except ValueError as exc:
+        gc.enable()
         print(f"error: {exc}", file=sys.stderr)
         return 2
     server_config = ServerConfig(
@@ -199,6 +205,8 @@ def _serve(args: argparse.Namespace) -> int:
         exit_on_load_failure=True,  # ... and a model that cannot load ends the process
     )
     app = create_app(server_config, engine_configs)
+    gc.freeze()
+    gc.enable()
     # SIGTERM: stop accepting, let requests in flight finish (bounded), then stop the engines
     uvicorn.run(
         app,
