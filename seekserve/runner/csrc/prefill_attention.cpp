@@ -174,17 +174,43 @@ void prefill(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor
   const int64_t n = q.size(0), heads = q.size(1), kv_heads = k.size(1), group = heads / kv_heads;
   // whole steps of 64 keys: the last step's keys past n are zeros, and masked
   const int64_t padded = (n + kStep - 1) / kStep * kStep, tiles = padded / kKeys;
-  // K: (Hkv, tiles, D/2, 32 keys, 2); V: (Hkv, padded/2 key pairs, D, 2); zero past n
-  auto k_tiles = torch::zeros({kv_heads, tiles, kDim / 2, kKeys, 2}, q.options());
-  auto v_pairs = torch::zeros({kv_heads, padded / 2, kDim, 2}, q.options());
-  k_tiles.view({kv_heads, padded, kDim / 2, 2}).narrow(1, 0, n)
-      .copy_(k.permute({1, 0, 2}).reshape({kv_heads, n, kDim / 2, 2}));
-  // (tiles·32 keys) → (tiles, 32, D/2, 2) → (tiles, D/2, 32, 2)
-  k_tiles = k_tiles.view({kv_heads, tiles, kKeys, kDim / 2, 2}).transpose(2, 3).contiguous();
+  // K: (Hkv, tiles, D/2, 32 keys, 2); V: (Hkv, padded/2 key pairs, D, 2); zero past n.
+  // One pass per (KV head, tile of 32 keys), spread over the threads.
+  auto k_tiles = torch::empty({kv_heads, tiles, kDim / 2, kKeys, 2}, q.options());
+  auto v_pairs = torch::empty({kv_heads, padded / 2, kDim, 2}, q.options());
   {
-    auto vt = torch::zeros({kv_heads, padded, kDim}, q.options());
-    vt.narrow(1, 0, n).copy_(v.permute({1, 0, 2}));
-    v_pairs.copy_(vt.view({kv_heads, padded / 2, 2, kDim}).transpose(2, 3));
+    auto* kp = reinterpret_cast<uint32_t*>(k_tiles.data_ptr<c10::BFloat16>());
+    auto* vq = reinterpret_cast<uint32_t*>(v_pairs.data_ptr<c10::BFloat16>());
+    const auto* kd = reinterpret_cast<const uint16_t*>(k.data_ptr<c10::BFloat16>());
+    const auto* vd = reinterpret_cast<const uint16_t*>(v.data_ptr<c10::BFloat16>());
+    const int64_t k_stride = k.stride(0), v_stride = v.stride(0);
+    parallel_chunks(kv_heads * tiles, [&](int64_t begin, int64_t end) {
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t g = item / tiles, t = item % tiles;
+        uint32_t* kt = kp + item * (kDim / 2) * kKeys;  // (D/2, 32): pair p of key j at p·32 + j
+        for (int64_t j = 0; j < kKeys; ++j) {
+          const int64_t key = t * kKeys + j;
+          if (key < n) {
+            uint32_t pairs[kDim / 2];
+            std::memcpy(pairs, kd + key * k_stride + g * kDim, sizeof(pairs));
+            for (int64_t p = 0; p < kDim / 2; ++p) kt[p * kKeys + j] = pairs[p];
+          } else {
+            for (int64_t p = 0; p < kDim / 2; ++p) kt[p * kKeys + j] = 0;
+          }
+        }
+        // V pairs (2j, 2j + 1) of this tile's keys: dim d of both keys side by side
+        uint32_t* vt = vq + (g * (padded / 2) + t * (kKeys / 2)) * kDim;
+        for (int64_t jp = 0; jp < kKeys / 2; ++jp) {
+          const int64_t key = t * kKeys + 2 * jp;
+          const uint16_t* v0 = key < n ? vd + key * v_stride + g * kDim : nullptr;
+          const uint16_t* v1 = key + 1 < n ? vd + (key + 1) * v_stride + g * kDim : nullptr;
+          for (int64_t d = 0; d < kDim; ++d) {
+            const uint32_t lo = v0 != nullptr ? v0[d] : 0, hi = v1 != nullptr ? v1[d] : 0;
+            vt[jp * kDim + d] = lo | (hi << 16);
+          }
+        }
+      }
+    });
   }
   const auto* kt = reinterpret_cast<const uint16_t*>(k_tiles.data_ptr<c10::BFloat16>());
   const auto* vp = reinterpret_cast<const uint32_t*>(v_pairs.data_ptr<c10::BFloat16>());
