@@ -4,7 +4,10 @@ streams closed early abort their request on the engine thread."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
+
+import pytest
 
 from seekserve.engine.async_engine import AsyncEngine, OutputStream
 from seekserve.engine.outputs import EngineOutput
@@ -89,3 +92,34 @@ def test_a_stream_closed_before_its_end_aborts_the_request_and_a_finished_one_do
     assert ("abort", "done") not in fake.calls
     assert fake.calls.index(("add", "early")) < fake.calls.index(("abort", "early"))
     assert fake.calls[-1] == ("add", "done")
+
+
+def test_the_engine_loads_with_the_cyclic_collector_off_and_freezes_what_it_made():
+    """Loading a model makes hundreds of thousands of objects: no collector passes while it
+    runs, the collector back on afterwards, and what survived frozen (later full passes skip
+    it); a failed build restores the collector too."""
+    seen: list[bool] = []
+
+    def build() -> FakeEngine:
+        seen.append(gc.isenabled())
+        return FakeEngine()
+
+    def failing_build() -> FakeEngine:
+        seen.append(gc.isenabled())
+        raise RuntimeError("no weights")
+
+    async def main() -> None:
+        gc.unfreeze()
+        engine = AsyncEngine(build)
+        engine.start()
+        engine.stop()
+        assert gc.isenabled() and gc.get_freeze_count() > 0
+        with pytest.raises(RuntimeError, match="no weights"):
+            AsyncEngine(failing_build).start()
+        assert gc.isenabled()
+
+    try:
+        asyncio.run(main())
+    finally:
+        gc.unfreeze()
+    assert seen == [False, False]
