@@ -52,6 +52,18 @@ inline __m512 exp2_16(__m512 t) {
   return _mm512_scalef_ps(p, n);
 }
 
+// sums[r][i] += pair(r) · vectors[i] for each of the kRows rows: one bf16 pair of the row
+// (two head dims of q, or the probabilities of two keys) broadcast against four vectors of
+// pairs (32 keys of K, or 16 head dims of two V rows), 32 products each, fp32 sums
+template <int kRows, typename Pair>
+inline void pairs_times_vectors(__m512 (&sums)[kRows][4], const __m512bh (&vectors)[4],
+                                const Pair& pair) {
+  for (int r = 0; r < kRows; ++r) {
+    const auto b = (__m512bh)_mm512_set1_epi32(static_cast<int>(pair(r)));
+    for (int i = 0; i < 4; ++i) sums[r][i] = _mm512_dpbf16_ps(sums[r][i], b, vectors[i]);
+  }
+}
+
 // kRows query rows (ascending positions) over the key steps up to last_key. o lives in L1, not
 // in registers: the registers go to the 4·kRows independent score sums of a step (the
 // products' latency needs many in flight) and to the PV sums of 64 head dims at a time.
@@ -84,17 +96,11 @@ void rows_over_keys(const uint32_t* const* q_rows, const int64_t* positions, int
       __m512 s[kRows][4];
       for (int r = 0; r < kRows; ++r) s[r][0] = s[r][1] = s[r][2] = s[r][3] = _mm512_setzero_ps();
       for (int p = 0; p < kPairs; ++p) {
-        const auto k0 = (__m512bh)_mm512_loadu_si512(tile + p * kKeys * 2);
-        const auto k1 = (__m512bh)_mm512_loadu_si512(tile + p * kKeys * 2 + 32);
-        const auto k2 = (__m512bh)_mm512_loadu_si512(next + p * kKeys * 2);
-        const auto k3 = (__m512bh)_mm512_loadu_si512(next + p * kKeys * 2 + 32);
-        for (int r = 0; r < kRows; ++r) {
-          const auto qp = (__m512bh)_mm512_set1_epi32(static_cast<int>(q_rows[r][p]));
-          s[r][0] = _mm512_dpbf16_ps(s[r][0], qp, k0);
-          s[r][1] = _mm512_dpbf16_ps(s[r][1], qp, k1);
-          s[r][2] = _mm512_dpbf16_ps(s[r][2], qp, k2);
-          s[r][3] = _mm512_dpbf16_ps(s[r][3], qp, k3);
-        }
+        const __m512bh keys[4] = {(__m512bh)_mm512_loadu_si512(tile + p * kKeys * 2),
+                                  (__m512bh)_mm512_loadu_si512(tile + p * kKeys * 2 + 32),
+                                  (__m512bh)_mm512_loadu_si512(next + p * kKeys * 2),
+                                  (__m512bh)_mm512_loadu_si512(next + p * kKeys * 2 + 32)};
+        pairs_times_vectors<kRows>(s, keys, [&](int r) { return q_rows[r][p]; });
       }
       for (int r = 0; r < kRows; ++r) {
         for (int i = 0; i < 4; ++i) _mm512_store_ps(scores[r] + 16 * i, s[r][i]);
@@ -141,17 +147,11 @@ void rows_over_keys(const uint32_t* const* q_rows, const int64_t* positions, int
       }
       const uint32_t* v = v_pairs + (key0 / 2) * kDim + h;
       for (int64_t jp = 0; jp < pairs; ++jp) {
-        const auto v0 = (__m512bh)_mm512_loadu_si512(v + jp * kDim);
-        const auto v1 = (__m512bh)_mm512_loadu_si512(v + jp * kDim + 16);
-        const auto v2 = (__m512bh)_mm512_loadu_si512(v + jp * kDim + 32);
-        const auto v3 = (__m512bh)_mm512_loadu_si512(v + jp * kDim + 48);
-        for (int r = 0; r < kRows; ++r) {
-          const auto pp = (__m512bh)_mm512_set1_epi32(static_cast<int>(probs[r][jp]));
-          acc[r][0] = _mm512_dpbf16_ps(acc[r][0], pp, v0);
-          acc[r][1] = _mm512_dpbf16_ps(acc[r][1], pp, v1);
-          acc[r][2] = _mm512_dpbf16_ps(acc[r][2], pp, v2);
-          acc[r][3] = _mm512_dpbf16_ps(acc[r][3], pp, v3);
-        }
+        const __m512bh values[4] = {(__m512bh)_mm512_loadu_si512(v + jp * kDim),
+                                    (__m512bh)_mm512_loadu_si512(v + jp * kDim + 16),
+                                    (__m512bh)_mm512_loadu_si512(v + jp * kDim + 32),
+                                    (__m512bh)_mm512_loadu_si512(v + jp * kDim + 48)};
+        pairs_times_vectors<kRows>(acc, values, [&](int r) { return probs[r][jp]; });
       }
       for (int r = 0; r < kRows; ++r) {
         for (int i = 0; i < 4; ++i) _mm512_store_ps(o[r] + h + 16 * i, acc[r][i]);
