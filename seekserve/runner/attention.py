@@ -87,8 +87,8 @@ def paged_attention(
                 out[start:stop] = kernels.prefill_attention(q_g, k_g, v[start:stop], scale)
                 continue
             o_g = F.scaled_dot_product_attention(
-                q[start:stop].transpose(0, 1).unsqueeze(0),  # (1, H, n, D)
-                k[start:stop].transpose(0, 1).unsqueeze(0),
+                q_g.transpose(0, 1).unsqueeze(0),  # (1, H, n, D)
+                k_g.transpose(0, 1).unsqueeze(0),
                 v[start:stop].transpose(0, 1).unsqueeze(0),
                 is_causal=True,
                 scale=scale,

@@ -39,15 +39,13 @@ constexpr int kMaxRows = 6;               // rows of x that share each weight lo
 template <typename T>
 inline void quantize_block(const T* src, uint8_t* dst, float* d) {
 #if defined(__AVX512F__)
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, c10::BFloat16>,
+                "w8a8_linear takes bf16 or fp32 activations");
   __m512 lo, hi;
   if constexpr (std::is_same_v<T, float>) {
     lo = _mm512_loadu_ps(src), hi = _mm512_loadu_ps(src + 16);
-  } else if constexpr (std::is_same_v<T, c10::BFloat16>) {
-    lo = load_bf16(src), hi = load_bf16(src + 16);
   } else {
-    alignas(64) float values[kBlock];
-    for (int64_t i = 0; i < kBlock; ++i) values[i] = to_float(src[i]);
-    lo = _mm512_load_ps(values), hi = _mm512_load_ps(values + 16);
+    lo = load_bf16(src), hi = load_bf16(src + 16);
   }
   const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(lo), _mm512_abs_ps(hi)));
   const float scale = amax / 127.0f;
