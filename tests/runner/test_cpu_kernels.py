@@ -68,6 +68,37 @@ def test_paged_decode_attention_equals_gather_and_sdpa(
     torch.testing.assert_close(ours[0], v_row.repeat_interleave(3, dim=0).to(dtype))
 
 
+@pytest.mark.parametrize(("head_dim", "group", "gain"), [(64, 3, 1.0), (64, 3, 8.0), (128, 4, 8.0)])
+def test_paged_decode_attention_in_bf16_is_as_close_to_fp32_as_sdpa(kernels, head_dim, group, gain):
+    """The bf16 kernel (p·V on pairs of positions, probabilities rounded to bf16) against the
+    fp32 result: within SDPA's own bf16 error plus one bf16 rounding. Odd and even lengths
+    (the last pair of a block half past its end), 1 to 7 blocks; with `gain`, scores spread
+    so that the running max moves and earlier blocks rescale. Slots past a request's length
+    hold NaN, which must not reach the output."""
+    generator = torch.Generator().manual_seed(head_dim + int(gain))
+    num_kv_heads, block_size, num_blocks = 2, 16, 64
+    kv_cache = torch.randn(2, num_blocks, block_size, num_kv_heads, head_dim, generator=generator)
+    kv_lens = torch.tensor([1, 2, 15, 16, 17, 33, 100, 111])
+    batch, max_blocks = len(kv_lens), 7
+    block_table = torch.randperm(num_blocks, generator=generator)[: batch * max_blocks]
+    block_table = block_table.view(batch, max_blocks)
+    for b, length in enumerate(kv_lens.tolist()):  # stale slots after each request's end
+        last, used = divmod(length, block_size)
+        if used:
+            kv_cache[:, block_table[b, last], used:] = float("nan")
+    kv_cache = kv_cache.to(torch.bfloat16)
+    q = (torch.randn(batch, group * num_kv_heads, head_dim, generator=generator) * gain).to(
+        torch.bfloat16
+    )
+    scale = head_dim**-0.5
+    ours = kernels.paged_decode_attention(q, kv_cache, block_table, kv_lens, scale)
+    assert ours.dtype == torch.bfloat16 and not ours.isnan().any()
+    clean = kv_cache.nan_to_num(0.0)  # SDPA's masked positions still multiply V: 0 · NaN
+    exact = reference_decode(q.float(), clean.float(), block_table, kv_lens, scale)
+    sdpa_error = reference_decode(q, clean, block_table, kv_lens, scale).float() - exact
+    assert (ours.float() - exact).abs().max() <= sdpa_error.abs().max() + 2**-8
+
+
 def test_paged_decode_attention_rejects_mismatched_tensors(kernels):
     q = torch.randn(2, 4, 8)
     kv_cache = torch.randn(2, 4, 4, 2, 8)

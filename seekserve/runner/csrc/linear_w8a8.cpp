@@ -113,17 +113,29 @@ inline void store_row_fp32(float* dst, const float* sums, int64_t width, const f
 #endif
 }
 
+// Lines of the next tile that a later pass over this one fetches into L2: `count` lines from
+// `begin`, `per_block` of them with each block of 32 k (nullptr: none)
+struct NextTile {
+  const char* begin = nullptr;
+  int64_t count = 0, per_block = 0;
+};
+
 // sums[r · kTile + j] = acc of rows m0 + r (r < kR) and outputs 32t + j of one tile;
 // kPrefetch: the first pass over the tile (the others find it in L1)
 template <int kR, bool kPrefetch>
 void tile_rows(const int8_t* __restrict__ w, const int32_t* __restrict__ offsets,
                const uint8_t* __restrict__ q, const float* __restrict__ d, int64_t k_size,
-               float* __restrict__ sums) {
+               float* __restrict__ sums, NextTile next) {
   const int64_t blocks = k_size / kBlock;
 #if defined(__AVX512VNNI__)
   __m512 acc[kR][2];
   for (int r = 0; r < kR; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
   for (int64_t b = 0; b < blocks; ++b) {
+    if constexpr (!kPrefetch) {
+      for (int64_t i = 0, line = b * next.per_block; i < next.per_block && line < next.count; ++i, ++line) {
+        _mm_prefetch(next.begin + line * 64, _MM_HINT_T1);
+      }
+    }
     const __m512i off0 = _mm512_loadu_si512(offsets + b * kTile);
     const __m512i off1 = _mm512_loadu_si512(offsets + b * kTile + 16);
     __m512i dot[kR][2];
@@ -177,14 +189,14 @@ void tile_rows(const int8_t* __restrict__ w, const int32_t* __restrict__ offsets
 
 template <bool kPrefetch>
 void rows_of_tile(int64_t count, const int8_t* tile, const int32_t* offsets, const uint8_t* q,
-                  const float* d, int64_t k_size, float* sums) {
+                  const float* d, int64_t k_size, float* sums, NextTile next) {
   switch (count) {
-    case 1: tile_rows<1, kPrefetch>(tile, offsets, q, d, k_size, sums); break;
-    case 2: tile_rows<2, kPrefetch>(tile, offsets, q, d, k_size, sums); break;
-    case 3: tile_rows<3, kPrefetch>(tile, offsets, q, d, k_size, sums); break;
-    case 4: tile_rows<4, kPrefetch>(tile, offsets, q, d, k_size, sums); break;
-    case 5: tile_rows<5, kPrefetch>(tile, offsets, q, d, k_size, sums); break;
-    default: tile_rows<6, kPrefetch>(tile, offsets, q, d, k_size, sums); break;
+    case 1: tile_rows<1, kPrefetch>(tile, offsets, q, d, k_size, sums, next); break;
+    case 2: tile_rows<2, kPrefetch>(tile, offsets, q, d, k_size, sums, next); break;
+    case 3: tile_rows<3, kPrefetch>(tile, offsets, q, d, k_size, sums, next); break;
+    case 4: tile_rows<4, kPrefetch>(tile, offsets, q, d, k_size, sums, next); break;
+    case 5: tile_rows<5, kPrefetch>(tile, offsets, q, d, k_size, sums, next); break;
+    default: tile_rows<6, kPrefetch>(tile, offsets, q, d, k_size, sums, next); break;
   }
 }
 
@@ -195,6 +207,11 @@ void w8a8_rows(const T* x, const int8_t* w, const int32_t* offsets, const float*
   std::vector<uint8_t> q(rows * k_size);
   std::vector<float> d(rows * blocks);
   quantize_rows(x, rows, k_size, q.data(), d.data());
+  // the passes after the first over a tile (in L1 by then) fetch the next tile into L2, spread
+  // over their blocks, so that its first pass does not wait on memory
+  const int64_t passes = (rows + kMaxRows - 1) / kMaxRows, tile_lines = k_size * kTile / 64;
+  const int64_t per_block =
+      passes > 1 ? (tile_lines + (passes - 1) * blocks - 1) / ((passes - 1) * blocks) : 0;
   parallel_chunks(tiles, [&](int64_t begin, int64_t end) {
     alignas(64) float sums[kMaxRows * kTile];
     for (int64_t t = begin; t < end; ++t) {
@@ -206,9 +223,16 @@ void w8a8_rows(const T* x, const int8_t* w, const int32_t* offsets, const float*
         const uint8_t* qm = q.data() + m0 * k_size;
         const float* dm = d.data() + m0 * blocks;
         if (m0 == 0) {
-          rows_of_tile<true>(count, tile, tile_offsets, qm, dm, k_size, sums);
+          rows_of_tile<true>(count, tile, tile_offsets, qm, dm, k_size, sums, NextTile{});
         } else {
-          rows_of_tile<false>(count, tile, tile_offsets, qm, dm, k_size, sums);
+          NextTile next;
+          if (t + 1 < end) {  // the next tile of this thread's chunk
+            const int64_t first = (m0 / kMaxRows - 1) * blocks * per_block;
+            next.begin = reinterpret_cast<const char*>(tile + k_size * kTile) + first * 64;
+            next.count = std::max<int64_t>(0, std::min(tile_lines - first, blocks * per_block));
+            next.per_block = per_block;
+          }
+          rows_of_tile<false>(count, tile, tile_offsets, qm, dm, k_size, sums, next);
         }
         for (int64_t r = 0; r < count; ++r) {
           T* dst = out + (m0 + r) * n_size + n0;

@@ -136,9 +136,14 @@ inline __m512 sum_each16(const __m512 v[16]) {
 }
 
 // The same attention for bf16 K/V, blocks of 16 tokens, head_dim kDim (64 or 128) and kGroup
-// query heads per KV head, with the group's accumulators in registers: q·k by vdpbf16ps
-// (bf16 products summed in fp32, as SDPA's bf16 kernel does), the block's softmax by exp16,
-// each V row widened to fp32 once for the whole group. About 6x the generic kernel's speed.
+// query heads per KV head, with the group's accumulators in registers:
+//   q·k    vdpbf16ps (bf16 products summed in fp32, as SDPA's bf16 kernel does), the 16 sums
+//          of a block at once (sum_each16);
+//   softmax the block's 16 scores by exp16; the running max and sum in fp32;
+//   p·V    vdpbf16ps on pairs of positions: the block's probabilities rounded to bf16 (as SDPA's
+//          bf16 kernel rounds them before its p·V product), V rows t and t + 1 interleaved
+//          into (v[t][d], v[t+1][d]) pairs by unpacklo/hi. Each accumulator then holds its
+//          head dims in unpack order, put back in place once at the end (kInterleaved*).
 template <int64_t kDim, int kGroup>
 void decode_item_bf16(const c10::BFloat16* __restrict__ q_rows, const c10::BFloat16* __restrict__ kv,
                       const int64_t* __restrict__ blocks, int64_t length, int64_t block_stride,
@@ -148,9 +153,11 @@ void decode_item_bf16(const c10::BFloat16* __restrict__ q_rows, const c10::BFloa
   constexpr int kPairs = kDim / 32;  // zmm of bf16 pairs in a row
   constexpr int kVec = kDim / 16;    // zmm of fp32 in a row
   __m512bh qv[kGroup][kPairs];
+  // acc[h][2i] / [2i + 1]: unpacklo / unpackhi of row zmm i: lane 4L + j holds dim
+  // 32i + 8L + j / 32i + 8L + 4 + j (L: the 128-bit lane, j < 4)
   __m512 acc[kGroup][kVec];
   float max_score[kGroup], denom[kGroup];
-  alignas(64) float probs[kGroup][kBlock];
+  alignas(64) uint16_t probs[kGroup][kBlock];  // bf16 bits
   for (int h = 0; h < kGroup; ++h) {
     for (int i = 0; i < kPairs; ++i) {
       qv[h][i] = (__m512bh)_mm512_loadu_si512(q_rows + h * kDim + 32 * i);
@@ -191,34 +198,54 @@ void decode_item_bf16(const c10::BFloat16* __restrict__ q_rows, const c10::BFloa
       }
       const __m512 scores = _mm512_mask_mov_ps(
           minus_inf, valid, _mm512_mul_ps(sum_each16(dots), _mm512_set1_ps(scale)));
-      const float new_max = std::max(max_score[h], _mm512_reduce_max_ps(scores));
-      const float correction = std::exp(max_score[h] - new_max);
-      const __m512 e = exp16(_mm512_sub_ps(scores, _mm512_set1_ps(new_max)));
-      _mm512_store_ps(probs[h], e);
-      denom[h] = denom[h] * correction + _mm512_reduce_add_ps(e);
-      max_score[h] = new_max;
-      if (correction != 1.0f) {
-        const __m512 c = _mm512_set1_ps(correction);
-        for (int i = 0; i < kVec; ++i) acc[h][i] = _mm512_mul_ps(acc[h][i], c);
+      const float block_max = _mm512_reduce_max_ps(scores);
+      if (block_max > max_score[h]) {  // rescale what came before (nothing before block 0)
+        if (blk > 0) {
+          const __m512 c = _mm512_set1_ps(std::exp(max_score[h] - block_max));
+          denom[h] *= _mm512_cvtss_f32(c);
+          for (int i = 0; i < kVec; ++i) acc[h][i] = _mm512_mul_ps(acc[h][i], c);
+        }
+        max_score[h] = block_max;
       }
+      const __m512 e = exp16(_mm512_sub_ps(scores, _mm512_set1_ps(max_score[h])));
+      denom[h] += _mm512_reduce_add_ps(e);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(probs[h]), (__m256i)_mm512_cvtneps_pbh(e));
     }
-    for (int64_t t = 0; t < kBlock; ++t) {
+    for (int64_t t = 0; t < n; t += 2) {
       prefetch_row(t, 1);
-      if (t >= n) continue;
+      prefetch_row(t + 1, 1);
       const c10::BFloat16* v_row = v_block + t * token_stride;
-      __m512 vr[kVec];
-      for (int i = 0; i < kVec; ++i) vr[i] = load_bf16(v_row + 16 * i);
+      __m512i pairs[kVec];
+      for (int i = 0; i < kPairs; ++i) {
+        const __m512i a = _mm512_loadu_si512(v_row + 32 * i);
+        // past the block's last position: zeros (a stale row could hold inf or NaN, 0 · NaN
+        // would not vanish)
+        const __m512i b = t + 1 < n ? _mm512_loadu_si512(v_row + token_stride + 32 * i)
+                                    : _mm512_setzero_si512();
+        pairs[2 * i] = _mm512_unpacklo_epi16(a, b);
+        pairs[2 * i + 1] = _mm512_unpackhi_epi16(a, b);
+      }
       for (int h = 0; h < kGroup; ++h) {
-        const __m512 p = _mm512_set1_ps(probs[h][t]);
-        for (int i = 0; i < kVec; ++i) acc[h][i] = _mm512_fmadd_ps(p, vr[i], acc[h][i]);
+        int32_t two;
+        std::memcpy(&two, probs[h] + t, 4);
+        const auto p = (__m512bh)_mm512_set1_epi32(two);
+        for (int i = 0; i < kVec; ++i) acc[h][i] = _mm512_dpbf16_ps(acc[h][i], p, (__m512bh)pairs[i]);
       }
     }
+    for (int64_t t = n + (n & 1); t < kBlock; ++t) prefetch_row(t, 1);
   }
+  const __m512i first = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+  const __m512i second = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
   for (int h = 0; h < kGroup; ++h) {
     const __m512 inv = _mm512_set1_ps(1.0f / denom[h]);
-    for (int i = 0; i < kVec; ++i) {
-      const __m256bh o = _mm512_cvtneps_pbh(_mm512_mul_ps(acc[h][i], inv));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out_rows + h * kDim + 16 * i), (__m256i)o);
+    for (int i = 0; i < kPairs; ++i) {
+      const __m512 halves[2] = {_mm512_permutex2var_ps(acc[h][2 * i], first, acc[h][2 * i + 1]),
+                                _mm512_permutex2var_ps(acc[h][2 * i], second, acc[h][2 * i + 1])};
+      for (int half = 0; half < 2; ++half) {
+        const __m256bh o = _mm512_cvtneps_pbh(_mm512_mul_ps(halves[half], inv));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out_rows + h * kDim + 32 * i + 16 * half),
+                            (__m256i)o);
+      }
     }
   }
 }
