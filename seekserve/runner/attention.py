@@ -10,8 +10,10 @@ Per layer: write this step's K/V into the cache slots, then per attention group 
   causal mask, no gather (SDPA's causal kernel also skips the masked half); on a CPU with the
   kernels and bf16 head_dim 64/128, our flash kernel instead (`csrc/prefill_attention.cpp`:
   1,130 tokens, SmolLM2's heads, 2-core AMD EPYC without AMX: 2.3 against SDPA's 13.3 ms);
-* any other prefill group: queries padded through `q_index`, K/V gathered by blocks, the
-  group's mask.
+* any other prefill group (several requests, or one after its cached prefix or earlier
+  chunks): on a CPU with the kernels and bf16 head_dim 64/128, the same flash kernel over
+  K/V read from the blocks in place (`paged_prefill_attention`); otherwise queries padded
+  through `q_index`, K/V gathered by blocks, the group's mask.
 
 The mask goes in as the additive bias `ModelInputs.to` made once per step. A sliding-window
 layer passes the step's narrowed masks instead; a layer with attention logit softcapping
@@ -84,7 +86,10 @@ def paged_attention(
         if masks is None and softcap is None and group.causal:
             q_g, k_g = q[start:stop], k[start:stop]
             if kernels is not None and scale > 0 and kernels.prefill_attention_supported(q_g, k_g):
-                out[start:stop] = kernels.prefill_attention(q_g, k_g, v[start:stop], scale)
+                o_g = kernels.prefill_attention(q_g, k_g, v[start:stop], scale)
+                if group.num_tokens == q.shape[0]:
+                    return o_g  # the step's only group: no copy into `out`
+                out[start:stop] = o_g
                 continue
             o_g = F.scaled_dot_product_attention(
                 q_g.transpose(0, 1).unsqueeze(0),  # (1, H, n, D)
@@ -95,6 +100,22 @@ def paged_attention(
                 enable_gqa=True,
             )  # (1, H, n, D)
             out[start:stop] = o_g[0].transpose(0, 1)
+            continue
+        if (
+            kernels is not None
+            and scale > 0
+            and kv_cache.dtype == q.dtype
+            and kv_cache.is_contiguous()
+            and kernels.prefill_attention_supported(q, k)
+        ):
+            # several requests, or one after its cached prefix: the kernel reads their K/V
+            # from the blocks in place (no gather, no padding, no mask)
+            o_g = kernels.paged_prefill_attention(
+                q[start:stop], kv_cache, group.block_table, group.kv_lens, group.q_lens, scale
+            )
+            if group.num_tokens == q.shape[0]:
+                return o_g
+            out[start:stop] = o_g
             continue
         if masks is not None:
             mask = masks[index]

@@ -41,6 +41,8 @@ class AttentionGroup:
     allowed."""
     kv_lens: torch.Tensor
     """(B,) int64: kv positions of each request (its position after this step + 1)."""
+    q_lens: torch.Tensor
+    """(B,) int64: new tokens of each request this step (its rows of the group, in order)."""
     is_decode: bool
     causal: bool
     """One request computing its tokens from position 0: the chunk's own K/V are all it
@@ -105,6 +107,7 @@ class ModelInputs:
                     move(g.block_table),
                     mask := move(g.mask),
                     move(g.kv_lens),
+                    move(g.q_lens),
                     g.is_decode,
                     g.causal,
                     bias(mask, g.causal),
@@ -149,6 +152,7 @@ def _build_group(
         block_table=torch.tensor(block_table, dtype=torch.int64),
         mask=mask.unsqueeze(1),
         kv_lens=kv_len_t,
+        q_lens=torch.tensor(num_new, dtype=torch.int64),
         is_decode=max_q == 1,
         causal=max_q > 1 and len(chunks) == 1 and chunks[0][1] == 0,
     )

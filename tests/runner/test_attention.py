@@ -64,3 +64,50 @@ def test_paged_attention_equals_plain_attention(window, softcap):
         expected = reference(q[flat : flat + n], keys, values, window, softcap, 0.3)
         torch.testing.assert_close(got[flat : flat + n], expected, rtol=1e-5, atol=1e-5)
         flat += n
+
+
+def test_bf16_prefill_groups_take_the_paged_prefill_kernel():
+    """With the CPU kernels on, a bf16 step's prefill group (one request from position 0 and
+    one after 5 cached positions) attends by `paged_prefill_attention` over the blocks in
+    place, its decode group by `paged_decode_attention`; both within bf16 error of the plain
+    fp32 attention per request."""
+    from seekserve.runner import cpu_kernels
+
+    assert cpu_kernels.enable(), "the CPU kernels did not build"
+    kernels = cpu_kernels.get(torch.device("cpu"))
+    if not kernels.prefill_attention_supported(
+        torch.zeros(1, 4, 64, dtype=torch.bfloat16), torch.zeros(1, 2, 64, dtype=torch.bfloat16)
+    ):
+        pytest.skip("this CPU has no AVX512-BF16: the kernel is not built")
+    torch.manual_seed(1)
+    block_size, dim = 16, 64
+    requests = [("d", 20, 1, [5, 2]), ("p1", 0, 30, [0, 3]), ("p2", 5, 40, [1, 4, 6])]
+    out = SchedulerOutput(
+        scheduled=[ScheduledRequest(r, [1] * n, s, b, True) for r, s, n, b in requests],
+        preempted_request_ids=[],
+    )
+    inputs = prepare_inputs(out, block_size)
+    kv_cache = torch.zeros(2, 8, block_size, NUM_KV_HEADS, dim, dtype=torch.bfloat16)
+    history = {
+        r: torch.randn(2, s + n, NUM_KV_HEADS, dim).to(torch.bfloat16) for r, s, n, _ in requests
+    }
+    for rid, start, _, blocks in requests:
+        for pos in range(start):
+            slot = blocks[pos // block_size] * block_size + pos % block_size
+            kv_cache.view(2, -1, NUM_KV_HEADS, dim)[:, slot] = history[rid][:, pos]
+    k = torch.cat([history[r][0, s:] for r, s, _, _ in requests])
+    v = torch.cat([history[r][1, s:] for r, s, _, _ in requests])
+    q = torch.randn(k.shape[0], NUM_HEADS, dim).to(torch.bfloat16)
+    got = paged_attention(q, k, v, kv_cache, inputs, dim**-0.5)
+    prefill = inputs.groups[1]
+    assert not prefill.causal and prefill.q_lens.tolist() == [30, 40]
+    direct = kernels.paged_prefill_attention(
+        q[1:], kv_cache, prefill.block_table, prefill.kv_lens, prefill.q_lens, dim**-0.5
+    )
+    assert torch.equal(got[1:], direct)
+    flat = 0
+    for rid, _, n, _ in requests:
+        keys, values = history[rid].float()
+        expected = reference(q[flat : flat + n].float(), keys, values, None, None, dim**-0.5)
+        torch.testing.assert_close(got[flat : flat + n].float(), expected, rtol=0, atol=2e-2)
+        flat += n

@@ -309,6 +309,96 @@ def test_prefill_attention_takes_only_what_it_supports(kernels):
     assert kernels.prefill_attention(q[:0], k[:0], k[:0], 1.0).shape == (0, 9, 64)
 
 
+def _paged_prefill_case(dim: int, heads: int, kv_heads: int, gain: float, seed: int):
+    """Requests (start position, new tokens) over one cache: from position 0, after a cached
+    prefix inside or at the end of a block, a single new token, a long one; blocks scattered;
+    slots past each request's end hold NaN. q is a strided view, as the model passes it."""
+    generator = torch.Generator().manual_seed(seed)
+    requests = [(0, 7), (5, 30), (16, 1), (40, 90), (0, 129), (100, 3)]
+    block_size, max_blocks = 16, 9
+    num_blocks = len(requests) * max_blocks + 3
+    cache = torch.randn(2, num_blocks, block_size, kv_heads, dim, generator=generator)
+    block_table = torch.randperm(num_blocks, generator=generator)[: len(requests) * max_blocks]
+    block_table = block_table.view(len(requests), max_blocks)
+    for b, (start, n) in enumerate(requests):
+        last, used = divmod(start + n, block_size)
+        if used:
+            cache[:, block_table[b, last], used:] = float("nan")
+    cache = cache.to(torch.bfloat16)
+    rows = sum(n for _, n in requests)
+    qkv = torch.randn(rows, heads + 2 * kv_heads, dim, generator=generator).to(torch.bfloat16)
+    qkv[:, :heads] *= gain
+    kv_lens = torch.tensor([start + n for start, n in requests])
+    q_lens = torch.tensor([n for _, n in requests])
+    return requests, cache, block_table, qkv[:, :heads], kv_lens, q_lens
+
+
+def _paged_prefill_reference(q, cache, block_table, requests):
+    """Per request: its K/V gathered from the blocks, SDPA with the causal mask by absolute
+    position, in q's dtype."""
+    outputs, row = [], 0
+    for b, (start, n) in enumerate(requests):
+        slots = block_table[b].repeat_interleave(cache.shape[2]) * cache.shape[2]
+        slots = (slots + torch.arange(cache.shape[2]).repeat(block_table.shape[1]))[: start + n]
+        flat = cache.flatten(1, 2)  # (2, slots, Hkv, D)
+        k, v = (flat[i, slots].transpose(0, 1).unsqueeze(0).to(q.dtype) for i in (0, 1))
+        allowed = torch.arange(start + n).view(1, -1) <= torch.arange(start, start + n).view(-1, 1)
+        out = F.scaled_dot_product_attention(
+            q[row : row + n].transpose(0, 1).unsqueeze(0), k, v, attn_mask=allowed,
+            scale=q.shape[-1] ** -0.5, enable_gqa=True,
+        )
+        outputs.append(out[0].transpose(0, 1))
+        row += n
+    return torch.cat(outputs)
+
+
+@pytest.mark.parametrize(
+    ("dim", "heads", "kv_heads", "gain"),
+    [(64, 9, 3, 1.0), (64, 9, 3, 8.0), (128, 8, 2, 8.0), (64, 4, 4, 1.0)],
+)
+def test_paged_prefill_attention_is_as_close_to_fp32_as_sdpa_in_bf16(
+    kernels, dim, heads, kv_heads, gain
+):
+    """Prefill chunks of several requests, each after its cached prefix (or from 0), over K/V
+    read from the paged cache: within SDPA's own bf16 error of the fp32 result plus one bf16
+    rounding, like the contiguous kernel."""
+    requests, cache, block_table, q, kv_lens, q_lens = _paged_prefill_case(
+        dim, heads, kv_heads, gain, seed=dim + heads
+    )
+    ours = kernels.paged_prefill_attention(q, cache, block_table, kv_lens, q_lens, dim**-0.5)
+    assert ours.shape == q.shape and ours.dtype == torch.bfloat16 and not ours.isnan().any()
+    clean = cache.nan_to_num(0.0)
+    exact = _paged_prefill_reference(q.float(), clean.float(), block_table, requests)
+    sdpa_error = (_paged_prefill_reference(q, clean, block_table, requests).float() - exact)
+    assert (ours.float() - exact).abs().max() <= sdpa_error.abs().max() + 2**-8
+    # a request from position 0 gets what the contiguous kernel gives it, bit for bit
+    start = sum(n for _, n in requests[:4])
+    flat = cache.flatten(1, 2)
+    slots = (block_table[4].repeat_interleave(16) * 16 + torch.arange(16).repeat(9))[:129]
+    alone = kernels.prefill_attention(
+        q[start : start + 129], flat[0, slots], flat[1, slots], dim**-0.5
+    )
+    assert torch.equal(ours[start : start + 129], alone)
+
+
+def test_paged_prefill_attention_rejects_what_it_cannot_take(kernels):
+    requests, cache, block_table, q, kv_lens, q_lens = _paged_prefill_case(64, 9, 3, 1.0, 0)
+    with pytest.raises(RuntimeError, match="positive scale, got 0"):
+        kernels.paged_prefill_attention(q, cache, block_table, kv_lens, q_lens, 0.0)
+    with pytest.raises(RuntimeError, match="q has 250 rows, q_lens sum to 260"):
+        kernels.paged_prefill_attention(q[:250], cache, block_table, kv_lens, q_lens, 1.0)
+    too_long = kv_lens.clone()
+    too_long[2] = 9 * 16 + 1
+    with pytest.raises(RuntimeError, match="request 2: q_len 1 and kv_len 145"):
+        kernels.paged_prefill_attention(q, cache, block_table, too_long, q_lens, 1.0)
+    bad_table = block_table.clone()
+    bad_table[0, 0] = 10_000
+    with pytest.raises(RuntimeError, match="block 10000 out of range"):
+        kernels.paged_prefill_attention(q, cache, bad_table, kv_lens, q_lens, 1.0)
+    with pytest.raises(RuntimeError, match="needs bf16 q"):
+        kernels.paged_prefill_attention(q.float(), cache, block_table, kv_lens, q_lens, 1.0)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(("out_features", "in_features"), [(70, 96), (33, 32), (96, 576)])
 def test_w8a8_linear_computes_the_reference_bits(kernels, dtype, out_features, in_features):

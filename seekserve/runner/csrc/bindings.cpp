@@ -8,6 +8,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "decode attention over the paged KV cache, blocks read in place");
   m.def("prefill_attention", &prefill_attention, release(),
         "causal attention of a prefill from position 0 over its own K/V (bf16, flash)");
+  m.def("paged_prefill_attention", &paged_prefill_attention, release(),
+        "causal attention of prefill chunks of several requests over their cached K/V, blocks "
+        "read in place (bf16, flash)");
   m.def("prefill_attention_supported", &prefill_attention_supported,
         "whether prefill_attention takes these q, k (bf16, head_dim 64 or 128, built with "
         "AVX512-BF16)");

@@ -253,6 +253,10 @@ torch::Tensor w8a8_linear(const torch::Tensor& x, const torch::Tensor& packed,
 bool prefill_attention_supported(const torch::Tensor& q, const torch::Tensor& k);
 torch::Tensor prefill_attention(const torch::Tensor& q, const torch::Tensor& k,
                                 const torch::Tensor& v, double scale);
+torch::Tensor paged_prefill_attention(const torch::Tensor& q, const torch::Tensor& kv_cache,
+                                      const torch::Tensor& block_table,
+                                      const torch::Tensor& kv_lens, const torch::Tensor& q_lens,
+                                      double scale);
 
 // argmax.cpp
 torch::Tensor argmax_rows(const torch::Tensor& logits);

@@ -24,8 +24,12 @@
 // contiguous.
 #include "kernels.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
+#include <utility>
+#include <vector>
 
 #if defined(__AVX512BF16__)
 namespace {
@@ -167,63 +171,83 @@ void rows_over_keys(const uint32_t* const* q_rows, const int64_t* positions, int
   }
 }
 
-template <int64_t kDim>
-void prefill(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, float scale,
-             torch::Tensor& out) {
+// One sequence of a prefill: its new tokens are rows [row0, row0 + n) of q and of the output,
+// at positions [start, start + n); each attends to the keys [0, its position].
+struct Sequence {
+  int64_t row0, n, start;
+};
+
+// The sequences' attention. key_row(s, j, g) / value_row(s, j, g): the kDim bf16 of key
+// position j of sequence s, KV head g (any j < start + n).
+template <int64_t kDim, typename KeyRow, typename ValueRow>
+void prefill(const c10::BFloat16* qd, int64_t q_stride, int64_t heads, int64_t kv_heads,
+             const std::vector<Sequence>& seqs, const KeyRow& key_row, const ValueRow& value_row,
+             float scale, c10::BFloat16* od) {
   constexpr int kRows = 6;  // rows that share each K and V load: 24 sums in registers
-  const int64_t n = q.size(0), heads = q.size(1), kv_heads = k.size(1), group = heads / kv_heads;
-  // whole steps of 64 keys: the last step's keys past n are zeros, and masked
-  const int64_t padded = (n + kStep - 1) / kStep * kStep, tiles = padded / kKeys;
-  // K: (Hkv, tiles, D/2, 32 keys, 2); V: (Hkv, padded/2 key pairs, D, 2); zero past n.
-  // One pass per (KV head, tile of 32 keys), spread over the threads.
-  auto k_tiles = torch::empty({kv_heads, tiles, kDim / 2, kKeys, 2}, q.options());
-  auto v_pairs = torch::empty({kv_heads, padded / 2, kDim, 2}, q.options());
-  {
-    auto* kp = reinterpret_cast<uint32_t*>(k_tiles.data_ptr<c10::BFloat16>());
-    auto* vq = reinterpret_cast<uint32_t*>(v_pairs.data_ptr<c10::BFloat16>());
-    const auto* kd = reinterpret_cast<const uint16_t*>(k.data_ptr<c10::BFloat16>());
-    const auto* vd = reinterpret_cast<const uint16_t*>(v.data_ptr<c10::BFloat16>());
-    const int64_t k_stride = k.stride(0), v_stride = v.stride(0);
-    parallel_chunks(kv_heads * tiles, [&](int64_t begin, int64_t end) {
-      for (int64_t item = begin; item < end; ++item) {
-        const int64_t g = item / tiles, t = item % tiles;
-        uint32_t* kt = kp + item * (kDim / 2) * kKeys;  // (D/2, 32): pair p of key j at p·32 + j
-        for (int64_t j = 0; j < kKeys; ++j) {
-          const int64_t key = t * kKeys + j;
-          if (key < n) {
-            uint32_t pairs[kDim / 2];
-            std::memcpy(pairs, kd + key * k_stride + g * kDim, sizeof(pairs));
-            for (int64_t p = 0; p < kDim / 2; ++p) kt[p * kKeys + j] = pairs[p];
-          } else {
-            for (int64_t p = 0; p < kDim / 2; ++p) kt[p * kKeys + j] = 0;
-          }
-        }
-        // V pairs (2j, 2j + 1) of this tile's keys: dim d of both keys side by side
-        uint32_t* vt = vq + (g * (padded / 2) + t * (kKeys / 2)) * kDim;
-        for (int64_t jp = 0; jp < kKeys / 2; ++jp) {
-          const int64_t key = t * kKeys + 2 * jp;
-          const uint16_t* v0 = key < n ? vd + key * v_stride + g * kDim : nullptr;
-          const uint16_t* v1 = key + 1 < n ? vd + (key + 1) * v_stride + g * kDim : nullptr;
-          for (int64_t d = 0; d < kDim; ++d) {
-            const uint32_t lo = v0 != nullptr ? v0[d] : 0, hi = v1 != nullptr ? v1[d] : 0;
-            vt[jp * kDim + d] = lo | (hi << 16);
-          }
+  constexpr int64_t kPairs = kDim / 2;
+  const int64_t group = heads / kv_heads;
+  // per sequence, whole steps of 64 keys (the last step's keys past the end are zeros, and
+  // masked); tile_start[s]: its first tile among all sequences' tiles
+  std::vector<int64_t> tile_start(seqs.size() + 1, 0), tile_seq;
+  for (size_t s = 0; s < seqs.size(); ++s) {
+    const int64_t keys = seqs[s].start + seqs[s].n, padded = (keys + kStep - 1) / kStep * kStep;
+    tile_start[s + 1] = tile_start[s] + padded / kKeys;
+    tile_seq.insert(tile_seq.end(), padded / kKeys, static_cast<int64_t>(s));
+  }
+  const int64_t tiles = tile_start.back();
+  // K: (Hkv, tiles, D/2, 32 keys) pairs of head dims; V: (Hkv, tiles · 16 key pairs, D) pairs
+  // of keys; zeros past each sequence's end. One pass per (KV head, tile), over the threads.
+  const std::unique_ptr<uint32_t[]> k_tiles(new uint32_t[kv_heads * tiles * kPairs * kKeys]);
+  const std::unique_ptr<uint32_t[]> v_pairs(new uint32_t[kv_heads * tiles * (kKeys / 2) * kDim]);
+  parallel_chunks(kv_heads * tiles, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t g = item / tiles, t = item % tiles, s = tile_seq[t];
+      const int64_t key0 = (t - tile_start[s]) * kKeys, keys = seqs[s].start + seqs[s].n;
+      uint32_t* kt = k_tiles.get() + item * kPairs * kKeys;  // pair p of key j at p·32 + j
+      for (int64_t j = 0; j < kKeys; ++j) {
+        if (key0 + j < keys) {
+          uint32_t pairs[kPairs];
+          std::memcpy(pairs, key_row(s, key0 + j, g), sizeof(pairs));
+          for (int64_t p = 0; p < kPairs; ++p) kt[p * kKeys + j] = pairs[p];
+        } else {
+          for (int64_t p = 0; p < kPairs; ++p) kt[p * kKeys + j] = 0;
         }
       }
-    });
+      // V pairs (2j, 2j + 1) of this tile's keys: dim d of both keys side by side
+      uint32_t* vt = v_pairs.get() + item * (kKeys / 2) * kDim;
+      for (int64_t jp = 0; jp < kKeys / 2; ++jp) {
+        const int64_t key = key0 + 2 * jp;
+        const auto* v0 = key < keys ? reinterpret_cast<const uint16_t*>(value_row(s, key, g)) : nullptr;
+        const auto* v1 = key + 1 < keys ? reinterpret_cast<const uint16_t*>(value_row(s, key + 1, g)) : nullptr;
+        for (int64_t d = 0; d < kDim; ++d) {
+          const uint32_t lo = v0 != nullptr ? v0[d] : 0, hi = v1 != nullptr ? v1[d] : 0;
+          vt[jp * kDim + d] = lo | (hi << 16);
+        }
+      }
+    }
+  });
+  // work items: (sequence, block of 16 new positions) × KV head, the most keys first for the
+  // chunked threads
+  std::vector<std::pair<int64_t, int64_t>> blocks;  // (sequence, block)
+  for (size_t s = 0; s < seqs.size(); ++s) {
+    for (int64_t b = 0; b * kPositions < seqs[s].n; ++b) blocks.emplace_back(s, b);
   }
-  const auto* kt = reinterpret_cast<const uint16_t*>(k_tiles.data_ptr<c10::BFloat16>());
-  const auto* vp = reinterpret_cast<const uint32_t*>(v_pairs.data_ptr<c10::BFloat16>());
-  const auto* qd = q.data_ptr<c10::BFloat16>();
-  auto* od = out.data_ptr<c10::BFloat16>();
-  const int64_t q_stride = q.stride(0), blocks = (n + kPositions - 1) / kPositions;
-  const int64_t k_head = tiles * kDim / 2 * kKeys * 2, v_head = padded / 2 * kDim;
-  // items: (KV head, position block), the longest (last) blocks first for the chunked threads
-  parallel_chunks(kv_heads * blocks, [&](int64_t begin, int64_t end) {
+  auto last_position = [&](const std::pair<int64_t, int64_t>& sb) {
+    const Sequence& seq = seqs[sb.first];
+    return seq.start + std::min(seq.n, (sb.second + 1) * kPositions) - 1;
+  };
+  std::stable_sort(blocks.begin(), blocks.end(), [&](const auto& a, const auto& b) {
+    return last_position(a) > last_position(b);
+  });
+  parallel_chunks(kv_heads * static_cast<int64_t>(blocks.size()), [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t g = item % kv_heads, block = blocks - 1 - item / kv_heads;
-      const int64_t p0 = block * kPositions, p1 = std::min(n, p0 + kPositions);
-      const int64_t count = (p1 - p0) * group;  // rows: (position, query head of the group)
+      const int64_t g = item % kv_heads;
+      const auto [s, block] = blocks[item / kv_heads];
+      const Sequence& seq = seqs[s];
+      const int64_t i0 = block * kPositions, i1 = std::min(seq.n, i0 + kPositions);
+      const int64_t count = (i1 - i0) * group;  // rows: (position, query head of the group)
+      const uint32_t* k_head = k_tiles.get() + (g * tiles + tile_start[s]) * kPairs * kKeys;
+      const uint32_t* v_head = v_pairs.get() + (g * tiles + tile_start[s]) * (kKeys / 2) * kDim;
       for (int64_t r0 = 0; r0 < count; r0 += kRows) {
         const uint32_t* q_rows[kRows];
         int64_t positions[kRows];
@@ -231,17 +255,48 @@ void prefill(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor
         const int rows = static_cast<int>(std::min<int64_t>(kRows, count - r0));
         for (int r = 0; r < kRows; ++r) {
           const int64_t row = r0 + std::min(r, rows - 1);  // padding rows repeat the last
-          const int64_t position = p0 + row / group, head = g * group + row % group;
-          q_rows[r] = reinterpret_cast<const uint32_t*>(qd + position * q_stride + head * kDim);
-          positions[r] = position;
-          out_rows[r] = od + (position * heads + head) * kDim;
+          const int64_t i = i0 + row / group, head = g * group + row % group;
+          q_rows[r] = reinterpret_cast<const uint32_t*>(qd + (seq.row0 + i) * q_stride + head * kDim);
+          positions[r] = seq.start + i;
+          out_rows[r] = od + ((seq.row0 + i) * heads + head) * kDim;
         }
         const int64_t last_key = positions[rows - 1];  // rows go by position, then head
-        rows_over_keys<kDim, kRows>(q_rows, positions, rows, kt + g * k_head, vp + g * v_head,
-                                    last_key, scale, out_rows);
+        rows_over_keys<kDim, kRows>(q_rows, positions, rows, reinterpret_cast<const uint16_t*>(k_head),
+                                    v_head, last_key, scale, out_rows);
       }
     }
   });
+}
+
+template <int64_t kDim>
+void contiguous_prefill(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                        float scale, torch::Tensor& out) {
+  const auto* kd = k.data_ptr<c10::BFloat16>();
+  const auto* vd = v.data_ptr<c10::BFloat16>();
+  const int64_t k_stride = k.stride(0), v_stride = v.stride(0);
+  prefill<kDim>(q.data_ptr<c10::BFloat16>(), q.stride(0), q.size(1), k.size(1),
+                {Sequence{0, q.size(0), 0}},
+                [&](int64_t, int64_t j, int64_t g) { return kd + j * k_stride + g * kDim; },
+                [&](int64_t, int64_t j, int64_t g) { return vd + j * v_stride + g * kDim; },
+                scale, out.data_ptr<c10::BFloat16>());
+}
+
+template <int64_t kDim>
+void paged_prefill(const torch::Tensor& q, const torch::Tensor& kv_cache,
+                   const torch::Tensor& block_table, const std::vector<Sequence>& seqs,
+                   float scale, torch::Tensor& out) {
+  const int64_t block_size = kv_cache.size(2), kv_heads = kv_cache.size(3);
+  const int64_t token_stride = kv_heads * kDim, plane = kv_cache.size(1) * block_size * token_stride;
+  const auto* cache = kv_cache.data_ptr<c10::BFloat16>();
+  const auto* table = block_table.data_ptr<int64_t>();
+  const int64_t max_blocks = block_table.size(1);
+  auto row = [&](int64_t s, int64_t j, int64_t g) {
+    const int64_t slot = table[s * max_blocks + j / block_size] * block_size + j % block_size;
+    return cache + slot * token_stride + g * kDim;
+  };
+  prefill<kDim>(q.data_ptr<c10::BFloat16>(), q.stride(0), q.size(1), kv_heads, seqs, row,
+                [&](int64_t s, int64_t j, int64_t g) { return row(s, j, g) + plane; }, scale,
+                out.data_ptr<c10::BFloat16>());
 }
 
 }  // namespace
@@ -274,9 +329,61 @@ torch::Tensor prefill_attention(const torch::Tensor& q, const torch::Tensor& k,
   if (q.size(0) == 0) return out;
   const float s = static_cast<float>(scale);
   if (q.size(2) == 64) {
-    prefill<64>(q, k, v, s, out);
+    contiguous_prefill<64>(q, k, v, s, out);
   } else {
-    prefill<128>(q, k, v, s, out);
+    contiguous_prefill<128>(q, k, v, s, out);
+  }
+#endif
+  return out;
+}
+
+torch::Tensor paged_prefill_attention(const torch::Tensor& q, const torch::Tensor& kv_cache,
+                                      const torch::Tensor& block_table,
+                                      const torch::Tensor& kv_lens, const torch::Tensor& q_lens,
+                                      double scale) {
+  TORCH_CHECK(kv_cache.dim() == 5 && kv_cache.size(0) == 2 && kv_cache.is_contiguous(),
+              "kv_cache must be a contiguous (2, num_blocks, block_size, Hkv, D) tensor");
+  TORCH_CHECK(q.dim() == 3 && prefill_attention_supported(q, kv_cache[0][0]),
+              "paged_prefill_attention needs bf16 q (T, H, D) with D 64 or 128, H a multiple of "
+              "the cache's Hkv, and a cache of the same D");
+  TORCH_CHECK(kv_cache.scalar_type() == q.scalar_type(), "q and kv_cache dtypes differ");
+  TORCH_CHECK(q.stride(2) == 1 && q.stride(1) == q.size(2),
+              "each token's heads must lie side by side, each head contiguous");
+  const int64_t batch = block_table.dim() == 2 ? block_table.size(0) : -1;
+  TORCH_CHECK(block_table.scalar_type() == torch::kInt64 && block_table.is_contiguous() && batch >= 0,
+              "block_table must be a contiguous (B, max_blocks) int64 tensor");
+  for (const auto* t : {&kv_lens, &q_lens}) {
+    TORCH_CHECK(t->scalar_type() == torch::kInt64 && t->is_contiguous() && t->dim() == 1 &&
+                    t->numel() == batch,
+                "kv_lens and q_lens must be contiguous (B,) int64 tensors");
+  }
+  TORCH_CHECK(scale > 0.0, "paged_prefill_attention needs a positive scale, got ", scale);
+  const int64_t block_size = kv_cache.size(2), num_blocks = kv_cache.size(1);
+  const int64_t* kv = kv_lens.data_ptr<int64_t>();
+  const int64_t* ql = q_lens.data_ptr<int64_t>();
+  const int64_t* table = block_table.data_ptr<int64_t>();
+  std::vector<Sequence> seqs;
+  int64_t rows = 0;
+  for (int64_t b = 0; b < batch; ++b) {
+    TORCH_CHECK(ql[b] >= 1 && ql[b] <= kv[b] && kv[b] <= block_table.size(1) * block_size,
+                "request ", b, ": q_len ", ql[b], " and kv_len ", kv[b],
+                " need 1 <= q_len <= kv_len <= the table's blocks × block_size");
+    for (int64_t i = 0; i < (kv[b] + block_size - 1) / block_size; ++i) {
+      const int64_t block = table[b * block_table.size(1) + i];
+      TORCH_CHECK(block >= 0 && block < num_blocks, "block ", block, " out of range [0, ", num_blocks, ")");
+    }
+    seqs.push_back(Sequence{rows, ql[b], kv[b] - ql[b]});
+    rows += ql[b];
+  }
+  TORCH_CHECK(rows == q.size(0), "q has ", q.size(0), " rows, q_lens sum to ", rows);
+  auto out = torch::empty({q.size(0), q.size(1), q.size(2)}, q.options());
+#if defined(__AVX512BF16__)
+  if (rows == 0) return out;
+  const float s = static_cast<float>(scale);
+  if (q.size(2) == 64) {
+    paged_prefill<64>(q, kv_cache, block_table, seqs, s, out);
+  } else {
+    paged_prefill<128>(q, kv_cache, block_table, seqs, s, out);
   }
 #endif
   return out;
