@@ -20,7 +20,7 @@ from seekserve.models.layers.linear import native_linear
 from seekserve.models.layers.mlp import GatedMLP
 from seekserve.models.layers.norm import RMSNorm, add_norm
 from seekserve.models.layers.rotary import RotaryEmbedding, rotate
-from seekserve.runner.attention import paged_attention
+from seekserve.runner.attention import attend_sampling_rows, paged_attention, write_kv
 from seekserve.runner.inputs import ModelInputs
 
 Rope = tuple[torch.Tensor, torch.Tensor]
@@ -48,15 +48,25 @@ class LlamaAttention(nn.Module):
         # (2, num_blocks, block_size, Hkv, D); bound by the model runner
         self.kv_cache = torch.empty(0)
 
-    def forward(self, x: torch.Tensor, inputs: ModelInputs, rope: Rope) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, inputs: ModelInputs, rope: Rope, rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(T, hidden) → (T, hidden); with `rows` (the step's sampling rows, `inputs.
+        sample_group`), every token's K/V still goes to the cache but only those rows attend:
+        (len(rows), hidden)."""
         num_tokens = x.shape[0]
         qk, v = self.qkv_proj(x).split([self.q_size + self.kv_size, self.kv_size], dim=-1)
         # q and k heads side by side: one rotary call for both
         qk = rotate(qk.view(num_tokens, self.num_heads + self.num_kv_heads, self.head_dim), rope)
         q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
-        out = paged_attention(q, k, v, self.kv_cache, inputs, self.scale)  # (T, H, D)
-        return self.o_proj(out.reshape(num_tokens, -1))
+        if rows is None:
+            out = paged_attention(q, k, v, self.kv_cache, inputs, self.scale)  # (T, H, D)
+        else:
+            assert inputs.sample_group is not None
+            write_kv(self.kv_cache, k, v, inputs.slot_mapping)
+            out = attend_sampling_rows(q[rows], self.kv_cache, inputs.sample_group, self.scale)
+        return self.o_proj(out.reshape(out.shape[0], -1))
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -67,8 +77,15 @@ class LlamaDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = GatedMLP(cfg.hidden_size, cfg.intermediate_size)
 
-    def forward(self, x: torch.Tensor, inputs: ModelInputs, rope: Rope) -> torch.Tensor:
-        attn = self.self_attn(self.input_layernorm(x), inputs, rope)
+    takes_output_rows = True
+    """`forward` can compute only some rows' outputs (`CausalLM.sample_hidden`)."""
+
+    def forward(
+        self, x: torch.Tensor, inputs: ModelInputs, rope: Rope, rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        attn = self.self_attn(self.input_layernorm(x), inputs, rope, rows)
+        if rows is not None:
+            x = x[rows]
         x, h = add_norm(x, attn, self.post_attention_layernorm)
         return x + self.mlp(h)
 

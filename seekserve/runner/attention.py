@@ -140,6 +140,24 @@ def paged_attention(
     return out
 
 
+def attend_sampling_rows(
+    q: torch.Tensor, kv_cache: torch.Tensor, group: AttentionGroup, scale: float
+) -> torch.Tensor:
+    """q: (S, H, D) at the last position of each request of `group` (`ModelInputs.
+    sample_group`: a decode group), whose K/V the cache already holds. Returns (S, H, D): the
+    same attention those rows get in the step's own groups."""
+    kernels = cpu_kernels.get(q.device)
+    if kernels is not None:
+        return kernels.paged_decode_attention(
+            q.contiguous(), kv_cache, group.block_table, group.kv_lens, scale
+        )
+    k_g, v_g = gather_kv(kv_cache, group)  # (S, Hkv, max_kv, D)
+    out = F.scaled_dot_product_attention(
+        q.unsqueeze(2), k_g, v_g, attn_mask=group.mask, scale=scale, enable_gqa=True
+    )  # (S, H, 1, D)
+    return out[:, :, 0]
+
+
 def _softcapped_attention(
     q: torch.Tensor,
     k: torch.Tensor,

@@ -17,6 +17,7 @@ once per step with `sliding_window_masks`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -73,6 +74,10 @@ class ModelInputs:
     """(S,) int64: flat index of the last token of each request that samples this step."""
     sample_request_ids: list[str]
     """Request id of each row of the logits, in the same order."""
+    sample_group: AttentionGroup | None = None
+    """On a step with prefill chunks: the sampling rows (`logits_indices`, in order) as a
+    decode group, each the last position of its request over all its K/V. A model whose last
+    layer computes only the rows it outputs attends with it (`CausalLM.sample_hidden`)."""
 
     @property
     def is_decode_only(self) -> bool:
@@ -88,35 +93,43 @@ class ModelInputs:
         def move(t: torch.Tensor) -> torch.Tensor:
             return t.to(device, non_blocking=True)
 
-        def bias(mask: torch.Tensor, causal: bool) -> torch.Tensor | None:
-            if dtype is None or causal:
-                return None
-            zeros = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
-            return zeros.masked_fill_(~mask, float("-inf"))
-
         return ModelInputs(
             token_ids=move(self.token_ids),
             positions=move(self.positions),
             slot_mapping=move(self.slot_mapping),
-            groups=[
-                AttentionGroup(
-                    g.token_start,
-                    g.num_tokens,
-                    move(g.q_index),
-                    move(g.q_valid),
-                    move(g.block_table),
-                    mask := move(g.mask),
-                    move(g.kv_lens),
-                    move(g.q_lens),
-                    g.is_decode,
-                    g.causal,
-                    bias(mask, g.causal),
-                )
-                for g in self.groups
-            ],
+            groups=[_move_group(g, move, dtype) for g in self.groups],
             logits_indices=move(self.logits_indices),
+            sample_group=None
+            if self.sample_group is None
+            else _move_group(self.sample_group, move),
             sample_request_ids=self.sample_request_ids,
         )
+
+
+def _move_group(
+    g: AttentionGroup,
+    move: Callable[[torch.Tensor], torch.Tensor],
+    dtype: torch.dtype | None = None,
+) -> AttentionGroup:
+    """`g` with its tensors moved; with `dtype` and unless causal, its mask also as a bias."""
+    mask = move(g.mask)
+    bias = None
+    if dtype is not None and not g.causal:
+        bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+        bias.masked_fill_(~mask, float("-inf"))
+    return AttentionGroup(
+        g.token_start,
+        g.num_tokens,
+        move(g.q_index),
+        move(g.q_valid),
+        move(g.block_table),
+        mask,
+        move(g.kv_lens),
+        move(g.q_lens),
+        g.is_decode,
+        g.causal,
+        bias,
+    )
 
 
 def _slots(block_ids: list[int], start: int, stop: int, block_size: int) -> list[int]:
@@ -200,8 +213,17 @@ def prepare_inputs(output: SchedulerOutput, block_size: int) -> ModelInputs:
     groups = []
     if decode_chunks:
         groups.append(_build_group(decode_chunks, 0, block_size))
+    sample_group = None
     if prefill_chunks:
         groups.append(_build_group(prefill_chunks, len(decode_chunks), block_size))
+        # row j: request j's last position (sampling requests, in logits order)
+        sampling = [s for s in output.scheduled if s.needs_sample]
+        if sampling:
+            last = [
+                (j, s.start_position + s.num_tokens - 1, 1, s.block_ids)
+                for j, s in enumerate(sampling)
+            ]
+            sample_group = _build_group(last, 0, block_size)
     return ModelInputs(
         token_ids=torch.tensor(token_ids, dtype=torch.int64),
         positions=torch.tensor(positions, dtype=torch.int64),
@@ -209,4 +231,5 @@ def prepare_inputs(output: SchedulerOutput, block_size: int) -> ModelInputs:
         groups=groups,
         logits_indices=torch.tensor(logits_indices, dtype=torch.int64),
         sample_request_ids=sample_ids,
+        sample_group=sample_group,
     )

@@ -84,8 +84,12 @@ class ModelRunner:
     def compute_logits(self, output: SchedulerOutput) -> tuple[list[str], torch.Tensor]:
         """One forward pass; logits (S, vocab) fp32 for the requests that sample."""
         inputs = prepare_inputs(output, self.block_size).to(self.device, self.kv_cache.dtype)
-        hidden = self.model(inputs)
-        logits = self.model.compute_logits(hidden[inputs.logits_indices])
+        sample_hidden = getattr(self.model, "sample_hidden", None)
+        if sample_hidden is not None:
+            hidden = sample_hidden(inputs)
+        else:
+            hidden = self.model(inputs)[inputs.logits_indices]
+        logits = self.model.compute_logits(hidden)
         return inputs.sample_request_ids, logits
 
     @torch.inference_mode()

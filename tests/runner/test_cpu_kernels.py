@@ -344,8 +344,12 @@ def _paged_prefill_reference(q, cache, block_table, requests):
         k, v = (flat[i, slots].transpose(0, 1).unsqueeze(0).to(q.dtype) for i in (0, 1))
         allowed = torch.arange(start + n).view(1, -1) <= torch.arange(start, start + n).view(-1, 1)
         out = F.scaled_dot_product_attention(
-            q[row : row + n].transpose(0, 1).unsqueeze(0), k, v, attn_mask=allowed,
-            scale=q.shape[-1] ** -0.5, enable_gqa=True,
+            q[row : row + n].transpose(0, 1).unsqueeze(0),
+            k,
+            v,
+            attn_mask=allowed,
+            scale=q.shape[-1] ** -0.5,
+            enable_gqa=True,
         )
         outputs.append(out[0].transpose(0, 1))
         row += n
@@ -369,7 +373,7 @@ def test_paged_prefill_attention_is_as_close_to_fp32_as_sdpa_in_bf16(
     assert ours.shape == q.shape and ours.dtype == torch.bfloat16 and not ours.isnan().any()
     clean = cache.nan_to_num(0.0)
     exact = _paged_prefill_reference(q.float(), clean.float(), block_table, requests)
-    sdpa_error = (_paged_prefill_reference(q, clean, block_table, requests).float() - exact)
+    sdpa_error = _paged_prefill_reference(q, clean, block_table, requests).float() - exact
     assert (ours.float() - exact).abs().max() <= sdpa_error.abs().max() + 2**-8
     # a request from position 0 gets what the contiguous kernel gives it, bit for bit
     start = sum(n for _, n in requests[:4])

@@ -47,6 +47,22 @@ def test_mixed_step_layout():
         [[t, t, t, t, t, f, f, f], [t, t, t, t, t, t, f, f], [t, f, f, f, f, f, f, f]],
     ]
     assert prefill.mask.dtype == torch.bool and not prefill.causal
+    assert prefill.q_lens.tolist() == [3, 2] and decode.q_lens.tolist() == [1]
+
+    # the sampling rows (d's position 5, p2's position 5) as a decode group over all K/V
+    sample = inputs.sample_group
+    assert sample is not None and sample.is_decode
+    assert sample.q_index.tolist() == [[0], [1]]  # rows of q[logits_indices]
+    assert sample.kv_lens.tolist() == [6, 6]
+    assert sample.block_table.tolist() == [[3, 8], [0, 6]]
+    assert sample.mask[:, 0, 0].tolist() == [[t] * 6 + [f] * 2, [t] * 6 + [f] * 2]
+    moved = inputs.to(torch.device("cpu"), torch.bfloat16).sample_group
+    assert moved is not None and torch.equal(moved.block_table, sample.block_table)
+
+
+def test_a_decode_only_step_has_no_sample_group():
+    out = SchedulerOutput([ScheduledRequest("d", [42], 5, [3, 8], True)], [])
+    assert prepare_inputs(out, block_size=4).sample_group is None
 
 
 def test_a_lone_prefill_from_position_zero_is_causal_and_needs_no_bias():

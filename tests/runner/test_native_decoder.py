@@ -95,6 +95,53 @@ def test_decode_steps_equal_the_python_layers(kernels, model_dir, dtype, quantiz
     assert native.calls == len(batch_sizes)  # every decode-only step, nothing else
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_prefill_steps_prune_the_last_layer_to_the_sampling_rows(kernels, model_dir, dtype):
+    """On steps with prefill chunks (several requests, one mid-prompt under a small token
+    budget, decodes mixed in) `sample_hidden` runs the last layer's attention, projection
+    and MLP for the sampling rows only, and gives what the full forward gives those rows:
+    to fp32 rounding in fp32, within bf16 error in bf16 (the rows attend by the decode
+    kernel there, by the prefill kernels in the full pass)."""
+    engine = make_engine(
+        model_dir, dtype=dtype, num_blocks=128, max_num_seqs=8, max_num_batched_tokens=40
+    )
+    model = engine.runner.model
+    mlp_rows: list[int] = []
+    last_mlp = model.model.layers[-1].mlp
+    hook = last_mlp.register_forward_hook(lambda _m, args, _out: mlp_rows.append(args[0].shape[0]))
+    generator = torch.Generator().manual_seed(5)
+    for index in range(5):
+        prompt = torch.randint(0, 256, (7 + 11 * index,), generator=generator).tolist()
+        params = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
+        engine.add_request(str(index), prompt, params)
+    pruned_steps = 0
+    try:
+        while engine.has_unfinished_requests():
+            output = engine.scheduler.schedule()
+            inputs = prepare_inputs(output, engine.runner.block_size).to(
+                engine.runner.device, engine.runner.kv_cache.dtype
+            )
+            with torch.inference_mode():
+                mlp_rows.clear()
+                ours = model.sample_hidden(inputs)
+                pruned = list(mlp_rows)
+                theirs = model(inputs)[inputs.logits_indices]  # writes the same K/V again
+            if inputs.sample_group is not None and len(inputs.token_ids) > len(ours):
+                pruned_steps += 1
+                assert pruned == [len(inputs.logits_indices)]
+            tolerance = {"rtol": 1e-5, "atol": 1e-5} if dtype == "float32" else {"atol": 0.1}
+            torch.testing.assert_close(
+                ours, theirs, rtol=tolerance.get("rtol", 0), atol=tolerance["atol"]
+            )
+            with torch.inference_mode():
+                logits = model.compute_logits(ours)
+            sampled = dict(zip(inputs.sample_request_ids, logits.argmax(-1).tolist(), strict=True))
+            engine.scheduler.update(output, sampled)
+    finally:
+        hook.remove()
+    assert pruned_steps >= 3
+
+
 @pytest.mark.parametrize("in_features", [48, 64])  # 64: bf16_linear's AMX path from 3 rows
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 17, 32, 33, 64, 65])
 def test_native_linears_equal_their_modules(kernels, rows, in_features):

@@ -39,6 +39,26 @@ class CausalLM(nn.Module):
         runner bound the KV caches; None where the architecture (or a layer) has none."""
         return None
 
+    def sample_hidden(self, inputs: ModelInputs) -> torch.Tensor:
+        """Hidden states of the step's sampling rows (`inputs.logits_indices`): (S, hidden).
+
+        On a step with prefill chunks, where the layers are this class's and the last one can
+        (`takes_output_rows`), that layer writes every token's K/V but attends, projects and
+        runs its MLP for the sampling rows only, as llama.cpp prunes its last layer: a
+        1,130-token prompt then skips 1/30 of SmolLM2's attention and MLP work."""
+        layers = self.model.layers
+        if (
+            inputs.sample_group is None
+            or type(self).forward is not CausalLM.forward
+            or not getattr(layers[-1], "takes_output_rows", False)
+        ):
+            return self(inputs)[inputs.logits_indices]
+        x = self.model.embed_tokens(inputs.token_ids)
+        rope = self.rotary(inputs.positions, x.dtype)
+        for layer in layers[:-1]:
+            x = layer(x, inputs, rope)
+        return self.model.norm(layers[-1](x, inputs, rope, inputs.logits_indices))
+
     def forward(self, inputs: ModelInputs) -> torch.Tensor:
         """Hidden states of every scheduled token: (T, hidden)."""
         x = self.model.embed_tokens(inputs.token_ids)
