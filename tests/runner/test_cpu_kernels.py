@@ -568,6 +568,15 @@ def test_write_kv_equals_index_copy(kernels, dtype):
         kernels.write_kv_(cache, k, v, torch.tensor([7, 0, 24, 12, 13]))
     with pytest.raises(RuntimeError, match="k and v must be"):
         kernels.write_kv_(cache, k.float() if dtype == torch.bfloat16 else k.double(), v, slots)
+    # a prefill's worth of rows (copied by several threads): a permutation of 700 slots
+    big = torch.randn(2, 50, 16, 3, 8, generator=generator).to(dtype)
+    rows = torch.randn(700, 2, 3, 8, generator=generator).to(dtype)
+    slots = torch.randperm(800, generator=generator)[:700]
+    expected = big.clone()
+    expected.view(2, -1, 3, 8)[0].index_copy_(0, slots, rows[:, 0])
+    expected.view(2, -1, 3, 8)[1].index_copy_(0, slots, rows[:, 1])
+    kernels.write_kv_(big, rows[:, 0], rows[:, 1], slots)
+    assert torch.equal(big, expected)
 
 
 def test_huge_pages_tensors_hold_their_values_and_outlive_their_neighbours(kernels):

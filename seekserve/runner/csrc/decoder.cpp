@@ -148,9 +148,15 @@ void write_kv_(const torch::Tensor& kv_cache, const torch::Tensor& k, const torc
   const int64_t k_stride = k.stride(0) * k.element_size(), v_stride = v.stride(0) * v.element_size();
   for (int64_t t = 0; t < tokens; ++t) {
     TORCH_CHECK(slot[t] >= 0 && slot[t] < slots, "slot ", slot[t], " out of range [0, ", slots, ")");
-    std::memcpy(k_plane + slot[t] * row_bytes, k_rows + t * k_stride, row_bytes);
-    std::memcpy(v_plane + slot[t] * row_bytes, v_rows + t * v_stride, row_bytes);
   }
+  // a prefill's rows over the threads (1,130 tokens: ~90 µs a layer on one); a decode
+  // step's few rows on this one
+  at::parallel_for(0, tokens, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      std::memcpy(k_plane + slot[t] * row_bytes, k_rows + t * k_stride, row_bytes);
+      std::memcpy(v_plane + slot[t] * row_bytes, v_rows + t * v_stride, row_bytes);
+    }
+  });
 }
 
 Decoder::Decoder(int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, double eps,
