@@ -15,7 +15,9 @@
 * `w8a8_linear` (with `pack_w8a8`): int8 weights × activations quantized to int8 per block of
   32, on AVX512-VNNI, any number of rows (`models/layers/quant.py: W8A8Linear`).
 * `prefill_attention`: causal flash attention of a prefill from position 0 (bf16, head_dim
-  64/128), where SDPA ran at ~126 GFLOP/s on a CPU without AMX (`runner/attention.py`).
+  64/128), where SDPA ran at ~126 GFLOP/s on a CPU without AMX (`runner/attention.py`);
+  `paged_prefill_attention`: the same over several requests' chunks, each after its cached
+  prefix, K/V read from the blocks in place.
 * `Decoder` / `Linear`: a llama-family decode step, all layers in one call without Python
   (`models/layers/causal_lm.py`).
 

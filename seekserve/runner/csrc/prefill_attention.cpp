@@ -1,6 +1,10 @@
-// Causal attention of a prefill from position 0 (one request, its own K/V), bf16, on
-// AVX512-BF16's pairwise dot products: flash attention, the scores of a step of 64 keys at a
-// time, never the whole (n × n) matrix.
+// Causal attention of prefill chunks, bf16, on AVX512-BF16's pairwise dot products: flash
+// attention, the scores of a step of 64 keys at a time, never the whole (n × m) matrix.
+//   prefill_attention:       one request from position 0, over its own K/V (q, k, v rows);
+//   paged_prefill_attention: several requests' chunks, each after its cached prefix (or from
+//                            0), over K/V read from the paged cache's blocks in place.
+// Both pack K/V the same way and run the same loops, so a request from position 0 gets the
+// same bits from either.
 //
 // PyTorch's CPU SDPA takes ~12 ms a layer for SmolLM2's 1,130-token prompt on a 2-core AMD EPYC
 // (126 GFLOP/s; 2/3 of the prompt's prefill); without AMX its bf16 products run as plain
@@ -19,9 +23,12 @@
 // layer on 2 cores (~630 GFLOP/s, ~60% of vdpbf16ps' peak; the exponentials take most of the
 // rest).
 //
-// q: (n, H, D), k and v: (n, Hkv, D), bf16, any token stride (each token's heads side by side,
-// each head contiguous); D 64 or 128, H a multiple of Hkv; scale > 0. Returns (n, H, D)
-// contiguous.
+// prefill_attention: q (n, H, D), k and v (n, Hkv, D), bf16, any token stride (each token's
+// heads side by side, each head contiguous); D 64 or 128, H a multiple of Hkv; scale > 0.
+// paged_prefill_attention: q (T, H, D), the chunks' rows in request order; kv_cache (2,
+// num_blocks, block_size, Hkv, D); block_table (B, max_blocks), kv_lens and q_lens (B,): request
+// b's chunk is its last q_lens[b] of kv_lens[b] positions, the earlier ones already cached.
+// Both return (rows, H, D) contiguous.
 #include "kernels.h"
 
 #include <algorithm>
