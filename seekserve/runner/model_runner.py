@@ -22,7 +22,7 @@ from seekserve.models.config import ModelArchConfig
 from seekserve.runner import cpu_kernels
 from seekserve.runner.inputs import prepare_inputs
 from seekserve.sampling.constraints import GrammarConstraint
-from seekserve.sampling.sampler import Sampler, TokenLogprob
+from seekserve.sampling.sampler import Sampler, TokenLogprob, is_plain_greedy
 from seekserve.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -80,17 +80,19 @@ class ModelRunner:
             if build is not None:
                 model.native_decoder = build(kernels)
 
-    @torch.inference_mode()
-    def compute_logits(self, output: SchedulerOutput) -> tuple[list[str], torch.Tensor]:
-        """One forward pass; logits (S, vocab) fp32 for the requests that sample."""
+    def _sample_hidden(self, output: SchedulerOutput) -> tuple[list[str], torch.Tensor]:
+        """One forward pass; the hidden states (S, hidden) of the requests that sample."""
         inputs = prepare_inputs(output, self.block_size).to(self.device, self.kv_cache.dtype)
         sample_hidden = getattr(self.model, "sample_hidden", None)
         if sample_hidden is not None:
-            hidden = sample_hidden(inputs)
-        else:
-            hidden = self.model(inputs)[inputs.logits_indices]
-        logits = self.model.compute_logits(hidden)
-        return inputs.sample_request_ids, logits
+            return inputs.sample_request_ids, sample_hidden(inputs)
+        return inputs.sample_request_ids, self.model(inputs)[inputs.logits_indices]
+
+    @torch.inference_mode()
+    def compute_logits(self, output: SchedulerOutput) -> tuple[list[str], torch.Tensor]:
+        """One forward pass; logits (S, vocab) fp32 for the requests that sample."""
+        request_ids, hidden = self._sample_hidden(output)
+        return request_ids, self.model.compute_logits(hidden)
 
     @torch.inference_mode()
     def execute(
@@ -102,9 +104,18 @@ class ModelRunner:
     ) -> tuple[dict[str, int], dict[str, TokenLogprob]]:
         """Run the step and sample; returns request_id → sampled token id, and request_id →
         logprobs for the requests that asked for them."""
-        request_ids, logits = self.compute_logits(output)
+        request_ids, hidden = self._sample_hidden(output)
         if not request_ids:
             return {}, {}
+        greedy = getattr(self.model, "greedy_token_ids", None)
+        if greedy is not None and all(
+            is_plain_greedy(params[rid], constraints.get(rid) if constraints else None)
+            for rid in request_ids
+        ):
+            token_ids = greedy(hidden)
+            if token_ids is not None:  # argmax over the LM head's output, no fp32 copy
+                return dict(zip(request_ids, token_ids.tolist(), strict=True)), {}
+        logits = self.model.compute_logits(hidden)
         token_ids, logprobs = self.sampler(
             logits,
             [params[rid] for rid in request_ids],

@@ -535,6 +535,10 @@ def test_argmax_rows_equals_torch_argmax(kernels, vocab):
         torch.randint(0, 3, (7, vocab), generator=generator).float(),
     ):
         assert torch.equal(kernels.argmax_rows(scores), scores.argmax(dim=-1))
+        # bf16 rows (as the LM head makes them; rounding makes ties): the answer over their
+        # fp32 copy
+        rounded = scores.bfloat16()
+        assert torch.equal(kernels.argmax_rows(rounded), rounded.float().argmax(dim=-1))
 
 
 def test_argmax_rows_handles_nan_and_infinities(kernels):
@@ -544,8 +548,9 @@ def test_argmax_rows_handles_nan_and_infinities(kernels):
     scores[2, 99] = float("nan")  # in the scalar tail
     scores[3] = float("-inf")
     assert kernels.argmax_rows(scores).tolist() == [3, 50, 99, 0] == scores.argmax(-1).tolist()
-    with pytest.raises(RuntimeError, match="fp32"):
-        kernels.argmax_rows(scores.bfloat16())
+    assert kernels.argmax_rows(scores.bfloat16()).tolist() == [3, 50, 99, 0]
+    with pytest.raises(RuntimeError, match="fp32 or bf16"):
+        kernels.argmax_rows(scores.half())
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -142,6 +142,42 @@ def test_prefill_steps_prune_the_last_layer_to_the_sampling_rows(kernels, model_
     assert pruned_steps >= 3
 
 
+@pytest.mark.parametrize(("dtype", "quantization"), [("bfloat16", None), ("bfloat16", "w8a8")])
+def test_plain_greedy_steps_take_the_argmax_of_the_head_output(
+    kernels, model_dir, dtype, quantization
+):
+    """When every sampling request is plain greedy, `execute` takes the argmax over the LM
+    head's bf16 output without its fp32 copy, and picks the tokens the fp32 logits pick;
+    one request with a penalty sends the step back through the logits and the sampler."""
+    engine = make_engine(model_dir, dtype=dtype, quantization=quantization, num_blocks=128)
+    runner, model = engine.runner, engine.runner.model
+    calls = []
+    compute_logits = model.compute_logits
+    model.compute_logits = lambda hidden: calls.append(len(hidden)) or compute_logits(hidden)
+    generator = torch.Generator().manual_seed(9)
+    params = {}
+    for index in range(4):
+        prompt = torch.randint(0, 256, (5 + 4 * index,), generator=generator).tolist()
+        params[str(index)] = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
+        engine.add_request(str(index), prompt, params[str(index)])
+    steps = 0
+    while engine.has_unfinished_requests():
+        output = engine.scheduler.schedule()
+        _, logits = runner.compute_logits(output)  # the reference (writes the same K/V)
+        calls.clear()
+        step_params = {s.request_id: params[s.request_id] for s in output.scheduled}
+        if steps == 2:  # one step with a penalised request: the full sampler
+            step_params["0"] = SamplingParams(temperature=0.0, frequency_penalty=0.5)
+        sampled, _ = runner.execute(output, step_params, {rid: [] for rid in step_params})
+        assert calls == ([len(sampled)] if steps == 2 else [])
+        if steps != 2:
+            expected = logits.argmax(dim=-1).tolist()
+            assert list(sampled.values()) == expected
+        engine.scheduler.update(output, sampled)
+        steps += 1
+    assert steps >= 6
+
+
 @pytest.mark.parametrize("in_features", [48, 64])  # 64: bf16_linear's AMX path from 3 rows
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 17, 32, 33, 64, 65])
 def test_native_linears_equal_their_modules(kernels, rows, in_features):

@@ -1,5 +1,6 @@
-// Greedy decoding's argmax over each row of the fp32 logits, rows spread over PyTorch's
-// intra-op threads. torch.argmax on a CPU reduces each row in one thread with AVX2 (64 rows of
+// Greedy decoding's argmax over each row of the logits (fp32, or bf16 as the LM head makes
+// them: the same answer as over their fp32 copy, without making it), rows spread over
+// PyTorch's intra-op threads. torch.argmax on a CPU reduces each row in one thread with AVX2 (64 rows of
 // SmolLM2's 49,152 logits: 2.5 ms, a fifth of a step's matmuls); this reads them at memory
 // speed. Same answer as torch.argmax: the first maximal index, or the first NaN's index in a
 // row that holds a NaN.
@@ -10,27 +11,34 @@
 
 namespace {
 
-int64_t first_nan(const float* row, int64_t n) {
+template <typename T>
+int64_t first_nan(const T* row, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
-    if (std::isnan(row[i])) return i;
+    if (std::isnan(to_float(row[i]))) return i;
   }
   return -1;
 }
 
-int64_t row_argmax(const float* __restrict__ row, int64_t n) {
+#if defined(__AVX512F__)
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const c10::BFloat16* p) { return load_bf16(p); }
+#endif
+
+template <typename T>
+int64_t row_argmax(const T* __restrict__ row, int64_t n) {
   int64_t i = 0, best = 0;
   float best_value = -std::numeric_limits<float>::infinity();
   bool has_nan = false;
 #if defined(__AVX512F__)
   if (n >= 16) {
-    __m512 max_v = _mm512_loadu_ps(row);
+    __m512 max_v = load16(row);
     __m512i max_i = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
     __m512i index = max_i;
     const __m512i step = _mm512_set1_epi32(16);
     __mmask16 nan = _mm512_cmp_ps_mask(max_v, max_v, _CMP_UNORD_Q);
     for (i = 16; i + 16 <= n; i += 16) {
       index = _mm512_add_epi32(index, step);
-      const __m512 v = _mm512_loadu_ps(row + i);
+      const __m512 v = load16(row + i);
       nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
       const __mmask16 greater = _mm512_cmp_ps_mask(v, max_v, _CMP_GT_OQ);  // keeps the first
       max_v = _mm512_mask_mov_ps(max_v, greater, v);
@@ -44,9 +52,10 @@ int64_t row_argmax(const float* __restrict__ row, int64_t n) {
   }
 #endif
   for (; i < n; ++i) {
-    if (std::isnan(row[i])) has_nan = true;
-    if (row[i] > best_value || (i == 0 && !(row[i] < best_value))) {
-      best_value = row[i];
+    const float value = to_float(row[i]);
+    if (std::isnan(value)) has_nan = true;
+    if (value > best_value || (i == 0 && !(value < best_value))) {
+      best_value = value;
       best = i;
     }
   }
@@ -57,15 +66,22 @@ int64_t row_argmax(const float* __restrict__ row, int64_t n) {
 
 torch::Tensor argmax_rows(const torch::Tensor& logits) {
   TORCH_CHECK(logits.dim() == 2 && logits.is_contiguous() &&
-                  logits.scalar_type() == torch::kFloat && logits.size(1) > 0 &&
-                  logits.size(1) < std::numeric_limits<int32_t>::max(),
-              "logits must be a contiguous (B, V) fp32 tensor with 0 < V < 2^31");
+                  (logits.scalar_type() == torch::kFloat ||
+                   logits.scalar_type() == torch::kBFloat16) &&
+                  logits.size(1) > 0 && logits.size(1) < std::numeric_limits<int32_t>::max(),
+              "logits must be a contiguous (B, V) fp32 or bf16 tensor with 0 < V < 2^31");
   auto out = torch::empty({logits.size(0)}, logits.options().dtype(torch::kInt64));
-  const float* data = logits.data_ptr<float>();
   int64_t* result = out.data_ptr<int64_t>();
   const int64_t n = logits.size(1);
-  at::parallel_for(0, logits.size(0), 1, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) result[r] = row_argmax(data + r * n, n);
-  });
+  auto rows = [&](const auto* data) {
+    at::parallel_for(0, logits.size(0), 1, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) result[r] = row_argmax(data + r * n, n);
+    });
+  };
+  if (logits.scalar_type() == torch::kFloat) {
+    rows(logits.data_ptr<float>());
+  } else {
+    rows(logits.data_ptr<c10::BFloat16>());
+  }
   return out;
 }
