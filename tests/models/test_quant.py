@@ -109,3 +109,30 @@ def test_the_tiled_int8_kernel_computes_the_same_quantized_layer():
     for rows in (1, 3, 5, 8, 9, 64, 65):
         x = torch.randn(rows, 64).to(torch.bfloat16)
         torch.testing.assert_close(tiled(x), plain(x), rtol=1e-2, atol=2e-2)
+
+
+def test_a_silu_mlp_gate_up_computes_its_activation_in_the_w8a8_epilogue():
+    """`quantize_linears_w8a8` interleaves a silu MLP's gate_up weights (fuse_silu_mul): the
+    MLP then never makes the [gate ‖ up] output and gives the bits the unfused layers give;
+    the layer's own forward still returns [gate ‖ up] in order. A gelu MLP keeps the plain
+    layer; without the kernels nothing is fused (the PyTorch reference path)."""
+    from seekserve.models.layers.mlp import GatedMLP, gelu_tanh
+    from seekserve.runner import cpu_kernels
+
+    assert cpu_kernels.enable()
+    kernels = cpu_kernels.get(torch.device("cpu"))
+    if not kernels.fast_w8a8_linear:
+        pytest.skip("this CPU has no AVX512-VNNI: w8a8 runs the reference path")
+    torch.manual_seed(3)
+    mlp = GatedMLP(64, 96).to(torch.bfloat16)
+    gate_up, down = W8A8Linear(mlp.gate_up_proj, kernels), W8A8Linear(mlp.down_proj, kernels)
+    quantize_linears_w8a8(mlp, kernels)
+    assert mlp.gate_up_proj.fuses_silu_mul and not gate_up.fuses_silu_mul
+    gelu_mlp = GatedMLP(64, 96, activation=gelu_tanh).to(torch.bfloat16)
+    quantize_linears_w8a8(gelu_mlp, kernels)
+    assert not gelu_mlp.gate_up_proj.fuses_silu_mul
+    x = (torch.randn(11, 64) * 4).to(torch.bfloat16)
+    with torch.inference_mode():
+        assert torch.equal(mlp.gate_up_proj(x), gate_up(x))
+        assert torch.equal(mlp(x), down(kernels.silu_and_mul(gate_up(x))))
+    assert not W8A8Linear(nn.Linear(64, 192, bias=False)).fuse_silu_mul()  # no kernels

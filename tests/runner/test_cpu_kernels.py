@@ -462,6 +462,26 @@ def test_w8a8_linear_rejects_mismatched_tensors(kernels):
     assert kernels.w8a8_linear(x[:0], packed, offsets, torch.ones(40), None).shape == (0, 40)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("intermediate", "rows"), [(16, 1), (48, 7), (96, 13)])
+def test_w8a8_silu_mul_is_silu_and_mul_of_the_layer_bit_for_bit(kernels, dtype, intermediate, rows):
+    """The gate_up layer's weights interleaved by 16 (gate 16t.., then up 16t.., each t), the
+    activation in the epilogue: the bits silu_and_mul gives on the plain layer's output.
+    Gains spread the gates over silu's whole range; 1-13 rows (row groups and remainders)."""
+    generator = torch.Generator().manual_seed(intermediate + rows)
+    weight = torch.randint(-127, 128, (2 * intermediate, 96), generator=generator).to(torch.int8)
+    scales = torch.rand(2 * intermediate, generator=generator) * 0.02
+    x = (torch.randn(rows, 96, generator=generator) * 3).to(dtype)
+    plain = kernels.silu_and_mul(kernels.w8a8_linear(x, *kernels.pack_w8a8(weight), scales, None))
+    order = torch.arange(2 * intermediate).view(2, -1, 16).transpose(0, 1).flatten()
+    fused = kernels.w8a8_silu_mul(x, *kernels.pack_w8a8(weight[order].contiguous()), scales[order])
+    assert fused.dtype == dtype and fused.shape == (rows, intermediate)
+    assert torch.equal(fused, plain)
+    packed, offsets = kernels.pack_w8a8(weight[:24])
+    with pytest.raises(RuntimeError, match="2 × a multiple of 16 outputs, got 24"):
+        kernels.w8a8_silu_mul(x, packed, offsets, scales[:24])
+
+
 @pytest.mark.parametrize(("out_features", "in_features"), [(64, 48), (70, 37), (5, 3)])
 def test_bf16_linear_equals_the_fp32_product(kernels, out_features, in_features):
     """Any N (tiles of 32 outputs, the last one padded), any K (odd: a zero-padded last

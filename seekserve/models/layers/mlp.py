@@ -29,6 +29,8 @@ class GatedMLP(nn.Module):
         self.activation = activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.activation is F.silu and getattr(self.gate_up_proj, "fuses_silu_mul", False):
+            return self.down_proj(self.gate_up_proj.silu_and_mul(x))  # W8A8: in its epilogue
         gate_up = self.gate_up_proj(x)
         kernels = cpu_kernels.get(x.device)
         if kernels is not None and self.activation is F.silu and gate_up.is_contiguous():

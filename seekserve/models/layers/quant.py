@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from seekserve.models.layers.linear import dense_linear, native_linear, replace_linears
@@ -144,6 +145,39 @@ class W8A8Linear(nn.Module):
             self.offsets = None
         bias = linear.bias.detach() if linear.bias is not None else None
         self.register_buffer("bias", bias)
+        self.register_buffer("output_order", None)
+        self.fuses_silu_mul = False
+        """Set by `fuse_silu_mul`: the kernel's epilogue applies the MLP's activation."""
+
+    def fuse_silu_mul(self) -> bool:
+        """For a gated MLP's [gate ‖ up] layer with silu: interleave the packed weights' rows
+        by 16 (gate 16t..16t+15, then up 16t..16t+15, for each t) so that `silu_and_mul`
+        computes silu(gate) · up in the kernel's epilogue, bit for bit what `silu_and_mul`
+        of the layer's output gives, without that (M, 2·I) output (a 1,130-token prompt: 7 MB
+        a layer written and read back). `forward` still returns [gate ‖ up] in order. False
+        (and nothing changes) without the kernels, with a bias, or unless half the outputs
+        are a multiple of 16."""
+        half = self.out_features // 2
+        if self.kernels is None or self.bias is not None or self.out_features != 2 * half:
+            return False
+        if half % 16 or self.fuses_silu_mul:
+            return self.fuses_silu_mul
+        tiles, k_size = self.weight_int8.shape[0], self.in_features
+        # pack_w8a8's (tiles, K/4, 32, 4) back to (N, K)
+        weight = self.weight_int8.permute(0, 2, 1, 3).reshape(tiles * 32, k_size)
+        order = torch.arange(self.out_features).view(2, half // 16, 16).transpose(0, 1).flatten()
+        packed, offsets = self.kernels.pack_w8a8(weight[: self.out_features][order].contiguous())
+        self.weight_int8, self.offsets = packed, offsets
+        self.scales = self.scales[order].contiguous()
+        self.output_order = torch.argsort(order)  # column j of [gate ‖ up] is column order⁻¹[j]
+        self.fuses_silu_mul = True
+        return True
+
+    def silu_and_mul(self, x: torch.Tensor) -> torch.Tensor:
+        """silu(gate) · up of this layer's [gate ‖ up] output (after `fuse_silu_mul`)."""
+        flat = x.reshape(-1, self.in_features).contiguous()
+        out = self.kernels.w8a8_silu_mul(flat, self.weight_int8, self.offsets, self.scales)
+        return out.reshape(*x.shape[:-1], self.out_features // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
@@ -151,6 +185,8 @@ class W8A8Linear(nn.Module):
             out = self.kernels.w8a8_linear(
                 flat.contiguous(), self.weight_int8, self.offsets, self.scales, self.bias
             )
+            if self.output_order is not None:  # interleaved rows (fuse_silu_mul): back in order
+                out = out[:, self.output_order]
         else:
             out = w8a8_reference(flat, self.weight_int8, self.scales, self.bias)
         return out.reshape(*x.shape[:-1], self.out_features)
@@ -158,6 +194,8 @@ class W8A8Linear(nn.Module):
     def native(self, kernels: Any) -> Any:
         if self.kernels is None:
             return None  # the native decoder has no reference path: Python layers then
+        if self.fuses_silu_mul:
+            return kernels.Linear.w8a8_silu_mul(self.weight_int8, self.offsets, self.scales)
         return kernels.Linear.w8a8(self.weight_int8, self.offsets, self.scales, self.bias)
 
 
@@ -185,7 +223,7 @@ def quantize_linears_w8a8(model: nn.Module, kernels: Any = None) -> int:
     """Replace every nn.Linear of `model` whose in_features is a multiple of 32 by a
     `W8A8Linear` and the others by an `Int8Linear`, in place; returns how many were
     replaced."""
-    return replace_linears(
+    count = replace_linears(
         model,
         lambda linear: (
             W8A8Linear(linear, kernels)
@@ -193,6 +231,11 @@ def quantize_linears_w8a8(model: nn.Module, kernels: Any = None) -> int:
             else Int8Linear(linear, kernels)
         ),
     )
+    for module in model.modules():  # gated MLPs with silu: the activation in the epilogue
+        gate_up = getattr(module, "gate_up_proj", None)
+        if getattr(module, "activation", None) is F.silu and isinstance(gate_up, W8A8Linear):
+            gate_up.fuse_silu_mul()
+    return count
 
 
 def quantize_linears_int8(model: nn.Module, kernels: Any = None) -> int:

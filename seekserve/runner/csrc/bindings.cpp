@@ -25,6 +25,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pack_w8a8", &pack_w8a8, "(N, K) int8 weights → w8a8_linear's tiled layout, offsets");
   m.def("w8a8_linear", &w8a8_linear, release(),
         "x quantized to int8 in blocks of 32, times int8 weights (integer dot products)");
+  m.def("w8a8_silu_mul", &w8a8_silu_mul, release(),
+        "silu(gate) * up of a W8A8 gate_up layer whose rows are interleaved by 16, in its "
+        "epilogue");
 #if defined(__AVX512VNNI__)
   m.attr("fast_w8a8_linear") = true;
 #else
@@ -52,6 +55,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_static("packed", &Linear::packed)
       .def_static("int8", &Linear::int8)
       .def_static("w8a8", &Linear::w8a8)
+      .def_static("w8a8_silu_mul", &Linear::w8a8_silu_mul)
       .def("__call__", &Linear::operator(), release());
   pybind11::class_<Decoder>(m, "Decoder", "the decode step of a llama-family model")
       .def(pybind11::init<int64_t, int64_t, int64_t, double, double, torch::Tensor>())

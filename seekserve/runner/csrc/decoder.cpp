@@ -13,7 +13,8 @@
 //   x += a; h = rms_norm(x)              (add_rms_norm)
 //   x = x + down_proj(silu(gate) * up)
 // then the final norm. Linear layers are `Linear`: dense (at::linear), oneDNN-packed bf16, or
-// int8 weight-only with its dense fallback, or W8A8, each the same call its Python module makes.
+// int8 weight-only with its dense fallback, or W8A8 (gate_up possibly with silu · up in its
+// epilogue), each the same call its Python module makes.
 #include "kernels.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -82,8 +83,20 @@ Linear Linear::w8a8(torch::Tensor packed, torch::Tensor offsets, torch::Tensor s
   return linear;
 }
 
+Linear Linear::w8a8_silu_mul(torch::Tensor packed, torch::Tensor offsets, torch::Tensor scales) {
+  Linear linear = w8a8(std::move(packed), std::move(offsets), std::move(scales), std::nullopt);
+  linear.kind_ = Kind::kW8A8SiluMul;
+  return linear;
+}
+
 torch::Tensor Linear::operator()(const torch::Tensor& x) const {
   switch (kind_) {
+    case Kind::kW8A8SiluMul: {
+      const auto out = ::w8a8_silu_mul(x.reshape({-1, x.size(-1)}).contiguous(), weight_, offsets_, scales_);
+      auto sizes = x.sizes().vec();
+      sizes.back() = out.size(-1);
+      return out.reshape(sizes);
+    }
     case Kind::kW8A8: {
       const auto out = w8a8_linear(x.reshape({-1, x.size(-1)}).contiguous(), weight_, offsets_,
                                    scales_, bias_);
@@ -205,8 +218,11 @@ torch::Tensor Decoder::forward(torch::Tensor x, const torch::Tensor& block_table
         paged_decode_attention(q.contiguous(), layer.kv_cache, block_table, kv_lens, scale_);
     const auto delta = layer.o(attn.reshape({tokens, -1})).contiguous();
     const auto normed = add_rms_norm(x, delta, layer.post_norm, eps_);  // x += delta
-    const auto gate_up = layer.gate_up(normed);
-    const auto mlp = layer.down(silu_and_mul(gate_up.contiguous())).contiguous();
+    // silu(gate) · up: in the W8A8 gate_up kernel's epilogue, or a pass over its output
+    const auto activated = layer.gate_up.fuses_silu_mul()
+                               ? layer.gate_up(normed)
+                               : silu_and_mul(layer.gate_up(normed).contiguous());
+    const auto mlp = layer.down(activated).contiguous();
     const bool last = index + 1 == layers_.size();
     h = add_rms_norm(x, mlp, last ? final_norm_ : layers_[index + 1].input_norm, eps_);
   }

@@ -48,6 +48,12 @@ inline __m512 exp16(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 
+// silu(g) = g / (1 + exp(-g)) of 16 floats (silu_and_mul's and w8a8_silu_mul's arithmetic)
+inline __m512 silu16(__m512 g) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  return _mm512_div_ps(g, _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), g))));
+}
+
 // 16 bf16 → 16 fp32 (a widening shift)
 inline __m512 load_bf16(const c10::BFloat16* p) {
   const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
@@ -248,6 +254,8 @@ std::tuple<torch::Tensor, torch::Tensor> pack_w8a8(const torch::Tensor& weight);
 torch::Tensor w8a8_linear(const torch::Tensor& x, const torch::Tensor& packed,
                           const torch::Tensor& offsets, const torch::Tensor& scales,
                           const std::optional<torch::Tensor>& bias);
+torch::Tensor w8a8_silu_mul(const torch::Tensor& x, const torch::Tensor& packed,
+                            const torch::Tensor& offsets, const torch::Tensor& scales);
 
 // prefill_attention.cpp
 bool prefill_attention_supported(const torch::Tensor& q, const torch::Tensor& k);
@@ -289,10 +297,14 @@ class Linear {
   // w8a8_linear on pack_w8a8's layout (models/layers/quant.py: W8A8Linear), any number of rows
   static Linear w8a8(torch::Tensor packed, torch::Tensor offsets, torch::Tensor scales,
                      std::optional<torch::Tensor> bias);
+  // a gated MLP's gate_up layer with silu in its epilogue (w8a8_silu_mul): its output is
+  // silu(gate) · up, (M, N/2)
+  static Linear w8a8_silu_mul(torch::Tensor packed, torch::Tensor offsets, torch::Tensor scales);
   torch::Tensor operator()(const torch::Tensor& x) const;
+  bool fuses_silu_mul() const { return kind_ == Kind::kW8A8SiluMul; }
 
  private:
-  enum class Kind { kDense, kPacked, kInt8, kInt8Tiled, kW8A8 };
+  enum class Kind { kDense, kPacked, kInt8, kInt8Tiled, kW8A8, kW8A8SiluMul };
   Kind kind_ = Kind::kDense;
   torch::Tensor weight_, scales_, tiled_, offsets_;
   std::optional<torch::Tensor> bias_;

@@ -23,6 +23,11 @@
 //   K/32, 32) int32): tile t holds outputs [32t, 32t + 32), 4 consecutive k of one output per
 //   32-bit lane (vpdpbusd's layout: one zmm = 16 outputs × 4 k); K a multiple of 32.
 //   w8a8_linear(x (M, K) bf16 or fp32, packed, offsets, scales (N,) fp32, bias?) → (M, N)
+//   w8a8_silu_mul(x, packed, offsets, scales) → (M, N/2): a gated MLP's gate_up layer with its
+//   activation. The weights' rows are a gate/up pair interleaved by 16 (gate 16t..16t+15, then
+//   up 16t..16t+15, for each t; models/layers/quant.py: W8A8Linear.fuse_silu_mul), so each tile
+//   holds both halves of 16 outputs and its epilogue writes silu(gate) · up, rounded as the two
+//   separate ops round: the (M, N) gate_up output and the pass over it are never made.
 #include "kernels.h"
 
 #include <cmath>
@@ -200,7 +205,40 @@ void rows_of_tile(int64_t count, const int8_t* tile, const int32_t* offsets, con
   }
 }
 
+// One row of a gate/up tile (w8a8_silu_mul): sums[0, 16) gate, [16, 32) up outputs 16t + j;
+// dst[j] = silu_and_mul's result on the two layers' outputs, each rounding step as there:
+// bf16: T(T(silu(T(g · sg))) · T(u · su)); fp32: silu(g · sg) · (u · su)
 template <typename T>
+inline void store_silu_mul_row(T* dst, const float* sums, const float* scales) {
+#if defined(__AVX512BF16__)
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    const __m512 gate = round_bf16(_mm512_mul_ps(_mm512_loadu_ps(sums), _mm512_loadu_ps(scales)));
+    const __m512 up = round_bf16(_mm512_mul_ps(_mm512_loadu_ps(sums + 16), _mm512_loadu_ps(scales + 16)));
+    const __m256bh out = _mm512_cvtneps_pbh(_mm512_mul_ps(round_bf16(silu16(gate)), up));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), (__m256i)out);
+    return;
+  }
+#endif
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>) {
+    __m512 gate = _mm512_mul_ps(_mm512_loadu_ps(sums), _mm512_loadu_ps(scales));
+    __m512 up = _mm512_mul_ps(_mm512_loadu_ps(sums + 16), _mm512_loadu_ps(scales + 16));
+    asm("" : "+v"(gate), "+v"(up));  // each product rounded on its own, as when stored
+    _mm512_storeu_ps(dst, _mm512_mul_ps(silu16(gate), up));
+    return;
+  }
+#endif
+  for (int64_t j = 0; j < 16; ++j) {
+    const T gate = static_cast<T>(sums[j] * scales[j]), up = static_cast<T>(sums[16 + j] * scales[16 + j]);
+    const float g = to_float(gate);
+    const T act = static_cast<T>(g / (1.0f + std::exp(-g)));
+    dst[j] = static_cast<T>(to_float(act) * to_float(up));
+  }
+}
+
+// kSiluMul: the weights are a gate/up pair interleaved by 16 (w8a8_silu_mul), out is (rows,
+// n_size / 2) and each tile's row gives 16 outputs of silu(gate) · up
+template <typename T, bool kSiluMul = false>
 void w8a8_rows(const T* x, const int8_t* w, const int32_t* offsets, const float* scales,
                const T* bias, T* out, int64_t rows, int64_t k_size, int64_t n_size) {
   const int64_t blocks = k_size / kBlock, tiles = (n_size + kTile - 1) / kTile;
@@ -235,8 +273,12 @@ void w8a8_rows(const T* x, const int8_t* w, const int32_t* offsets, const float*
           rows_of_tile<false>(count, tile, tile_offsets, qm, dm, k_size, sums, next);
         }
         for (int64_t r = 0; r < count; ++r) {
-          T* dst = out + (m0 + r) * n_size + n0;
           const float* row = sums + r * kTile;
+          if constexpr (kSiluMul) {
+            store_silu_mul_row(out + (m0 + r) * (n_size / 2) + n0 / 2, row, scales + n0);
+            continue;
+          }
+          T* dst = out + (m0 + r) * n_size + n0;
           if constexpr (std::is_same_v<T, c10::BFloat16>) {
             store_row_bf16(dst, row, width, scales + n0, bias == nullptr ? nullptr : bias + n0);
           } else {
@@ -266,9 +308,10 @@ std::tuple<torch::Tensor, torch::Tensor> pack_w8a8(const torch::Tensor& weight) 
   return {packed, offsets};
 }
 
-torch::Tensor w8a8_linear(const torch::Tensor& x, const torch::Tensor& packed,
-                          const torch::Tensor& offsets, const torch::Tensor& scales,
-                          const std::optional<torch::Tensor>& bias) {
+namespace {
+
+void check_w8a8(const torch::Tensor& x, const torch::Tensor& packed, const torch::Tensor& offsets,
+                const torch::Tensor& scales) {
   TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "x must be a contiguous (M, K) tensor");
   TORCH_CHECK(x.scalar_type() == torch::kBFloat16 || x.scalar_type() == torch::kFloat,
               "x must be bf16 or fp32");
@@ -284,6 +327,15 @@ torch::Tensor w8a8_linear(const torch::Tensor& x, const torch::Tensor& packed,
               "offsets must come from pack_w8a8");
   TORCH_CHECK(scales.dim() == 1 && scales.is_contiguous() && scales.scalar_type() == torch::kFloat,
               "scales must be a contiguous (N,) fp32 tensor");
+}
+
+}  // namespace
+
+torch::Tensor w8a8_linear(const torch::Tensor& x, const torch::Tensor& packed,
+                          const torch::Tensor& offsets, const torch::Tensor& scales,
+                          const std::optional<torch::Tensor>& bias) {
+  check_w8a8(x, packed, offsets, scales);
+  const int64_t k_size = x.size(1), n_size = scales.numel();
   if (bias.has_value()) {
     TORCH_CHECK(bias->dim() == 1 && bias->numel() == n_size && bias->is_contiguous() &&
                     bias->scalar_type() == x.scalar_type(),
@@ -300,6 +352,25 @@ torch::Tensor w8a8_linear(const torch::Tensor& x, const torch::Tensor& packed,
     w8a8_rows<float>(x.data_ptr<float>(), packed.data_ptr<int8_t>(), offsets.data_ptr<int32_t>(),
                      scales.data_ptr<float>(), bias.has_value() ? bias->data_ptr<float>() : nullptr,
                      out.data_ptr<float>(), x.size(0), k_size, n_size);
+  }
+  return out;
+}
+
+torch::Tensor w8a8_silu_mul(const torch::Tensor& x, const torch::Tensor& packed,
+                            const torch::Tensor& offsets, const torch::Tensor& scales) {
+  check_w8a8(x, packed, offsets, scales);
+  const int64_t k_size = x.size(1), n_size = scales.numel();
+  TORCH_CHECK(n_size % kTile == 0, "w8a8_silu_mul needs 2 × a multiple of 16 outputs, got ", n_size);
+  auto out = torch::empty({x.size(0), n_size / 2}, x.options());
+  if (x.size(0) == 0) return out;
+  if (x.scalar_type() == torch::kBFloat16) {
+    w8a8_rows<c10::BFloat16, true>(x.data_ptr<c10::BFloat16>(), packed.data_ptr<int8_t>(),
+                                   offsets.data_ptr<int32_t>(), scales.data_ptr<float>(), nullptr,
+                                   out.data_ptr<c10::BFloat16>(), x.size(0), k_size, n_size);
+  } else {
+    w8a8_rows<float, true>(x.data_ptr<float>(), packed.data_ptr<int8_t>(),
+                           offsets.data_ptr<int32_t>(), scales.data_ptr<float>(), nullptr,
+                           out.data_ptr<float>(), x.size(0), k_size, n_size);
   }
   return out;
 }

@@ -111,11 +111,6 @@ int64_t silu_mul_vector(const T*, const T*, T*, int64_t) {
 }
 
 #if defined(__AVX512F__)
-inline __m512 silu16(__m512 g) {
-  const __m512 one = _mm512_set1_ps(1.0f);
-  return _mm512_div_ps(g, _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), g))));
-}
-
 template <>
 int64_t silu_mul_vector<float>(const float* gate, const float* up, float* dst, int64_t n) {
   int64_t i = 0;
