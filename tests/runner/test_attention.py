@@ -33,6 +33,21 @@ def reference(q, k, v, window: int | None, softcap: float | None, scale: float):
     return torch.einsum("hqk,khd->qhd", scores.softmax(-1), v)
 
 
+def _cache_and_step(requests, block_size: int, dim: int, dtype: torch.dtype):
+    """A random history per request (start + n positions, K and V): the first `start` written
+    to the request's blocks of an 8-block cache, the last n as this step's k, v; and q."""
+    kv_cache = torch.zeros(2, 8, block_size, NUM_KV_HEADS, dim, dtype=dtype)
+    history = {r: torch.randn(2, s + n, NUM_KV_HEADS, dim).to(dtype) for r, s, n, _ in requests}
+    for rid, start, _, blocks in requests:
+        for pos in range(start):
+            slot = blocks[pos // block_size] * block_size + pos % block_size
+            kv_cache.view(2, -1, NUM_KV_HEADS, dim)[:, slot] = history[rid][:, pos]
+    k = torch.cat([history[r][0, s:] for r, s, _, _ in requests])
+    v = torch.cat([history[r][1, s:] for r, s, _, _ in requests])
+    q = torch.randn(k.shape[0], NUM_HEADS, dim).to(dtype)
+    return kv_cache, history, q, k, v
+
+
 @pytest.mark.parametrize(("window", "softcap"), [(None, None), (3, None), (None, 1.5), (5, 1.5)])
 def test_paged_attention_equals_plain_attention(window, softcap):
     torch.manual_seed(0)
@@ -44,18 +59,7 @@ def test_paged_attention_equals_plain_attention(window, softcap):
         preempted_request_ids=[],
     )
     inputs = prepare_inputs(out, BLOCK_SIZE)
-    kv_cache = torch.zeros(2, 8, BLOCK_SIZE, NUM_KV_HEADS, HEAD_DIM)
-    # the whole history of each request: earlier positions are written to the cache first
-    history = {
-        rid: torch.randn(2, start + n, NUM_KV_HEADS, HEAD_DIM) for rid, start, n, _ in REQUESTS
-    }
-    for rid, start, _, blocks in REQUESTS:
-        for pos in range(start):
-            slot = blocks[pos // BLOCK_SIZE] * BLOCK_SIZE + pos % BLOCK_SIZE
-            kv_cache.view(2, -1, NUM_KV_HEADS, HEAD_DIM)[:, slot] = history[rid][:, pos]
-    k = torch.cat([history[rid][0, start:] for rid, start, _, _ in REQUESTS])
-    v = torch.cat([history[rid][1, start:] for rid, start, _, _ in REQUESTS])
-    q = torch.randn(k.shape[0], NUM_HEADS, HEAD_DIM)
+    kv_cache, history, q, k, v = _cache_and_step(REQUESTS, BLOCK_SIZE, HEAD_DIM, torch.float32)
     masks = None if window is None else sliding_window_masks(inputs, window)
     got = paged_attention(q, k, v, kv_cache, inputs, 0.3, masks, softcap)
     flat = 0
@@ -87,17 +91,7 @@ def test_bf16_prefill_groups_take_the_paged_prefill_kernel():
         preempted_request_ids=[],
     )
     inputs = prepare_inputs(out, block_size)
-    kv_cache = torch.zeros(2, 8, block_size, NUM_KV_HEADS, dim, dtype=torch.bfloat16)
-    history = {
-        r: torch.randn(2, s + n, NUM_KV_HEADS, dim).to(torch.bfloat16) for r, s, n, _ in requests
-    }
-    for rid, start, _, blocks in requests:
-        for pos in range(start):
-            slot = blocks[pos // block_size] * block_size + pos % block_size
-            kv_cache.view(2, -1, NUM_KV_HEADS, dim)[:, slot] = history[rid][:, pos]
-    k = torch.cat([history[r][0, s:] for r, s, _, _ in requests])
-    v = torch.cat([history[r][1, s:] for r, s, _, _ in requests])
-    q = torch.randn(k.shape[0], NUM_HEADS, dim).to(torch.bfloat16)
+    kv_cache, history, q, k, v = _cache_and_step(requests, block_size, dim, torch.bfloat16)
     got = paged_attention(q, k, v, kv_cache, inputs, dim**-0.5)
     prefill = inputs.groups[1]
     assert not prefill.causal and prefill.q_lens.tolist() == [30, 40]
