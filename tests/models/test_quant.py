@@ -112,7 +112,7 @@ def test_the_tiled_int8_kernel_computes_the_same_quantized_layer():
 
 
 def test_a_silu_mlp_gate_up_computes_its_activation_in_the_w8a8_epilogue():
-    """`quantize_linears_w8a8` interleaves a silu MLP's gate_up weights (fuse_silu_mul): the
+    """`quantize_linears_w8a8` interleaves a silu MLP's gate_up weights (`silu_mul`): the
     MLP then never makes the [gate ‖ up] output and gives the bits the unfused layers give;
     the layer's own forward still returns [gate ‖ up] in order. A gelu MLP keeps the plain
     layer; without the kernels nothing is fused (the PyTorch reference path)."""
@@ -135,4 +135,6 @@ def test_a_silu_mlp_gate_up_computes_its_activation_in_the_w8a8_epilogue():
     with torch.inference_mode():
         assert torch.equal(mlp.gate_up_proj(x), gate_up(x))
         assert torch.equal(mlp(x), down(kernels.silu_and_mul(gate_up(x))))
-    assert not W8A8Linear(nn.Linear(64, 192, bias=False)).fuse_silu_mul()  # no kernels
+    assert not W8A8Linear(
+        nn.Linear(64, 192, bias=False), silu_mul=True
+    ).fuses_silu_mul  # no kernels

@@ -49,23 +49,21 @@ class CausalLM(nn.Module):
         1,130-token prompt then skips 1/30 of SmolLM2's attention and MLP work."""
         layers = self.model.layers
         if (
-            inputs.sample_group is None
-            or type(self).forward is not CausalLM.forward
-            or not getattr(layers[-1], "takes_output_rows", False)
+            inputs.sample_group is not None
+            and type(self).forward is CausalLM.forward
+            and getattr(layers[-1], "takes_output_rows", False)
         ):
-            return self(inputs)[inputs.logits_indices]
-        x = self.model.embed_tokens(inputs.token_ids)
-        rope = self.rotary(inputs.positions, x.dtype)
-        for layer in layers[:-1]:
-            x = layer(x, inputs, rope)
-        return self.model.norm(layers[-1](x, inputs, rope, inputs.logits_indices))
+            return self(inputs, rows=inputs.logits_indices)
+        return self(inputs)[inputs.logits_indices]
 
-    def forward(self, inputs: ModelInputs) -> torch.Tensor:
-        """Hidden states of every scheduled token: (T, hidden)."""
+    def forward(self, inputs: ModelInputs, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states of every scheduled token: (T, hidden); with `rows` (flat token
+        indices; the last layer must take them: `sample_hidden`), of those rows only."""
         x = self.model.embed_tokens(inputs.token_ids)
         rope = self.rotary(inputs.positions, x.dtype)  # once per step, shared by all layers
         if (
-            self.native_decoder is not None
+            rows is None
+            and self.native_decoder is not None
             and inputs.is_decode_only
             and cpu_kernels.get(x.device) is not None
         ):
@@ -73,8 +71,10 @@ class CausalLM(nn.Module):
             return self.native_decoder.forward(
                 x, group.block_table, group.kv_lens, inputs.slot_mapping, *rope
             )
-        for layer in self.model.layers:
+        *layers, last = self.model.layers
+        for layer in layers:
             x = layer(x, inputs, rope)
+        x = last(x, inputs, rope) if rows is None else last(x, inputs, rope, rows)
         return self.model.norm(x)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -126,15 +126,37 @@ class W8A8Linear(nn.Module):
         order, D_b = the exact integer dot product of block b, d_b its activation scale.
     """
 
-    def __init__(self, linear: nn.Linear, kernels: Any = None) -> None:
+    def __init__(self, linear: nn.Linear, kernels: Any = None, silu_mul: bool = False) -> None:
         """`kernels`: SeekServe's CPU kernels (`cpu_kernels.get`); with AVX512-VNNI the
-        weights are kept in `w8a8_linear`'s layout, else `w8a8_reference` computes the layer."""
+        weights are kept in `w8a8_linear`'s layout, else `w8a8_reference` computes the layer.
+
+        `silu_mul`: `linear` is a gated MLP's [gate ‖ up] layer with silu. With the kernels,
+        no bias and half the outputs a multiple of 16, its packed rows are then interleaved by
+        16 (gate 16t..16t+15, then up 16t..16t+15, for each t) so that `silu_and_mul`
+        computes silu(gate) · up in the kernel's epilogue (`fuses_silu_mul`), bit for bit what
+        `silu_and_mul` of the layer's output gives, without that (M, 2·I) output (a
+        1,130-token prompt: 7 MB a layer written and read back). `forward` still returns
+        [gate ‖ up] in order."""
         super().__init__()
         if linear.in_features % W8A8_BLOCK:
             raise ValueError(f"w8a8 needs in_features divisible by {W8A8_BLOCK}")
         quantized, scales = quantize_weight(linear.weight)
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.kernels = kernels if kernels is not None and kernels.fast_w8a8_linear else None
+        half = self.out_features // 2
+        self.fuses_silu_mul = (
+            silu_mul
+            and self.kernels is not None
+            and linear.bias is None
+            and self.out_features == 2 * half
+            and half % 16 == 0
+        )
+        self.register_buffer("output_order", None)
+        if self.fuses_silu_mul:
+            order = torch.arange(self.out_features).view(2, half // 16, 16).transpose(0, 1)
+            order = order.flatten()
+            quantized, scales = quantized[order].contiguous(), scales[order].contiguous()
+            self.output_order = torch.argsort(order)  # [gate ‖ up] column j: column order⁻¹[j]
         self.register_buffer("scales", scales)
         if self.kernels is not None:
             packed, offsets = self.kernels.pack_w8a8(quantized)
@@ -145,36 +167,9 @@ class W8A8Linear(nn.Module):
             self.offsets = None
         bias = linear.bias.detach() if linear.bias is not None else None
         self.register_buffer("bias", bias)
-        self.register_buffer("output_order", None)
-        self.fuses_silu_mul = False
-        """Set by `fuse_silu_mul`: the kernel's epilogue applies the MLP's activation."""
-
-    def fuse_silu_mul(self) -> bool:
-        """For a gated MLP's [gate ‖ up] layer with silu: interleave the packed weights' rows
-        by 16 (gate 16t..16t+15, then up 16t..16t+15, for each t) so that `silu_and_mul`
-        computes silu(gate) · up in the kernel's epilogue, bit for bit what `silu_and_mul`
-        of the layer's output gives, without that (M, 2·I) output (a 1,130-token prompt: 7 MB
-        a layer written and read back). `forward` still returns [gate ‖ up] in order. False
-        (and nothing changes) without the kernels, with a bias, or unless half the outputs
-        are a multiple of 16."""
-        half = self.out_features // 2
-        if self.kernels is None or self.bias is not None or self.out_features != 2 * half:
-            return False
-        if half % 16 or self.fuses_silu_mul:
-            return self.fuses_silu_mul
-        tiles, k_size = self.weight_int8.shape[0], self.in_features
-        # pack_w8a8's (tiles, K/4, 32, 4) back to (N, K)
-        weight = self.weight_int8.permute(0, 2, 1, 3).reshape(tiles * 32, k_size)
-        order = torch.arange(self.out_features).view(2, half // 16, 16).transpose(0, 1).flatten()
-        packed, offsets = self.kernels.pack_w8a8(weight[: self.out_features][order].contiguous())
-        self.weight_int8, self.offsets = packed, offsets
-        self.scales = self.scales[order].contiguous()
-        self.output_order = torch.argsort(order)  # column j of [gate ‖ up] is column order⁻¹[j]
-        self.fuses_silu_mul = True
-        return True
 
     def silu_and_mul(self, x: torch.Tensor) -> torch.Tensor:
-        """silu(gate) · up of this layer's [gate ‖ up] output (after `fuse_silu_mul`)."""
+        """silu(gate) · up of this layer's [gate ‖ up] output (`fuses_silu_mul` layers)."""
         flat = x.reshape(-1, self.in_features).contiguous()
         out = self.kernels.w8a8_silu_mul(flat, self.weight_int8, self.offsets, self.scales)
         return out.reshape(*x.shape[:-1], self.out_features // 2)
@@ -185,7 +180,7 @@ class W8A8Linear(nn.Module):
             out = self.kernels.w8a8_linear(
                 flat.contiguous(), self.weight_int8, self.offsets, self.scales, self.bias
             )
-            if self.output_order is not None:  # interleaved rows (fuse_silu_mul): back in order
+            if self.output_order is not None:  # interleaved rows (silu_mul): back in order
                 out = out[:, self.output_order]
         else:
             out = w8a8_reference(flat, self.weight_int8, self.scales, self.bias)
@@ -223,19 +218,20 @@ def quantize_linears_w8a8(model: nn.Module, kernels: Any = None) -> int:
     """Replace every nn.Linear of `model` whose in_features is a multiple of 32 by a
     `W8A8Linear` and the others by an `Int8Linear`, in place; returns how many were
     replaced."""
-    count = replace_linears(
+    # gated MLPs with silu: the activation in their gate_up kernel's epilogue
+    silu_gate_ups = {
+        id(module.gate_up_proj)
+        for module in model.modules()
+        if getattr(module, "activation", None) is F.silu and hasattr(module, "gate_up_proj")
+    }
+    return replace_linears(
         model,
         lambda linear: (
-            W8A8Linear(linear, kernels)
+            W8A8Linear(linear, kernels, silu_mul=id(linear) in silu_gate_ups)
             if linear.in_features % W8A8_BLOCK == 0
             else Int8Linear(linear, kernels)
         ),
     )
-    for module in model.modules():  # gated MLPs with silu: the activation in the epilogue
-        gate_up = getattr(module, "gate_up_proj", None)
-        if getattr(module, "activation", None) is F.silu and isinstance(gate_up, W8A8Linear):
-            gate_up.fuse_silu_mul()
-    return count
 
 
 def quantize_linears_int8(model: nn.Module, kernels: Any = None) -> int:

@@ -91,15 +91,12 @@ Linear Linear::w8a8_silu_mul(torch::Tensor packed, torch::Tensor offsets, torch:
 
 torch::Tensor Linear::operator()(const torch::Tensor& x) const {
   switch (kind_) {
+    case Kind::kW8A8:
     case Kind::kW8A8SiluMul: {
-      const auto out = ::w8a8_silu_mul(x.reshape({-1, x.size(-1)}).contiguous(), weight_, offsets_, scales_);
-      auto sizes = x.sizes().vec();
-      sizes.back() = out.size(-1);
-      return out.reshape(sizes);
-    }
-    case Kind::kW8A8: {
-      const auto out = w8a8_linear(x.reshape({-1, x.size(-1)}).contiguous(), weight_, offsets_,
-                                   scales_, bias_);
+      const auto flat = x.reshape({-1, x.size(-1)}).contiguous();
+      const auto out = kind_ == Kind::kW8A8
+                           ? w8a8_linear(flat, weight_, offsets_, scales_, bias_)
+                           : ::w8a8_silu_mul(flat, weight_, offsets_, scales_);
       auto sizes = x.sizes().vec();
       sizes.back() = out.size(-1);
       return out.reshape(sizes);

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -26,6 +27,17 @@ inline float to_float(c10::BFloat16 x) {
   float f;
   std::memcpy(&f, &bits, sizeof(f));
   return f;
+}
+
+// silu(g) · u for elements [begin, n) of one row, one element at a time (silu_and_mul's and
+// w8a8_silu_mul's arithmetic where the CPU has no vector path)
+template <typename T>
+void silu_mul_scalar(const T* gate, const T* up, T* dst, int64_t begin, int64_t n) {
+  for (int64_t i = begin; i < n; ++i) {
+    const float g = to_float(gate[i]);
+    const T act = static_cast<T>(g / (1.0f + std::exp(-g)));
+    dst[i] = static_cast<T>(to_float(act) * to_float(up[i]));
+  }
 }
 
 #if defined(__AVX512F__)

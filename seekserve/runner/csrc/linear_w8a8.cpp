@@ -25,7 +25,7 @@
 //   w8a8_linear(x (M, K) bf16 or fp32, packed, offsets, scales (N,) fp32, bias?) → (M, N)
 //   w8a8_silu_mul(x, packed, offsets, scales) → (M, N/2): a gated MLP's gate_up layer with its
 //   activation. The weights' rows are a gate/up pair interleaved by 16 (gate 16t..16t+15, then
-//   up 16t..16t+15, for each t; models/layers/quant.py: W8A8Linear.fuse_silu_mul), so each tile
+//   up 16t..16t+15, for each t; models/layers/quant.py: W8A8Linear(silu_mul=True)), so each tile
 //   holds both halves of 16 outputs and its epilogue writes silu(gate) · up, rounded as the two
 //   separate ops round: the (M, N) gate_up output and the pass over it are never made.
 #include "kernels.h"
@@ -228,12 +228,12 @@ inline void store_silu_mul_row(T* dst, const float* sums, const float* scales) {
     return;
   }
 #endif
-  for (int64_t j = 0; j < 16; ++j) {
-    const T gate = static_cast<T>(sums[j] * scales[j]), up = static_cast<T>(sums[16 + j] * scales[16 + j]);
-    const float g = to_float(gate);
-    const T act = static_cast<T>(g / (1.0f + std::exp(-g)));
-    dst[j] = static_cast<T>(to_float(act) * to_float(up));
+  T gate_up[32];  // the two layers' outputs, as stored
+  for (int64_t j = 0; j < 32; ++j) {
+    volatile float product = sums[j] * scales[j];  // rounded on its own, as when stored
+    gate_up[j] = static_cast<T>(product);
   }
+  silu_mul_scalar(gate_up, gate_up + 16, dst, 0, 16);
 }
 
 // kSiluMul: the weights are a gate/up pair interleaved by 16 (w8a8_silu_mul), out is (rows,

@@ -93,16 +93,6 @@ void norm_rows(const T* __restrict__ in, const T* __restrict__ weight, T* __rest
   });
 }
 
-// silu(g) · u for elements [begin, n) of one row, one element at a time.
-template <typename T>
-void silu_mul_scalar(const T* gate, const T* up, T* dst, int64_t begin, int64_t n) {
-  for (int64_t i = begin; i < n; ++i) {
-    const float g = to_float(gate[i]);
-    const T act = static_cast<T>(g / (1.0f + std::exp(-g)));
-    dst[i] = static_cast<T>(to_float(act) * to_float(up[i]));
-  }
-}
-
 // The first elements of a row, 16 at a time where the CPU has the instructions; returns how
 // many it did.
 template <typename T>
