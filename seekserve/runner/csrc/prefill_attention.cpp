@@ -19,9 +19,12 @@
 // and o / l rounded to bf16: the steps of SDPA's flash kernel (fp32 scores and softmax, bf16
 // probabilities into the second product), in another order of additions. The score and PV
 // sums of the kRows rows (24 zmm) stay in registers while a K or V load serves all the rows; o,
-// the scores and the probabilities go through L1. 1,130 tokens, SmolLM2's heads: 2.3 ms a
-// layer on 2 cores (~630 GFLOP/s, ~60% of vdpbf16ps' peak; the exponentials take most of the
-// rest).
+// the scores and the probabilities go through L1. A work item's row groups (48 rows at
+// SmolLM2's 3 query heads per KV head) take each step of keys in turn, so the step's K and V
+// (16 KB at D = 64) come from L2 once for all of them: one group at a time through all its
+// steps re-read each KV head's 290 KB from L2 for every 6 rows, and stalled on those loads
+// (3.3 → 2.3 ms a layer). 1,130 tokens, SmolLM2's heads: 2.2-2.6 ms a layer on 2 cores
+// (~600 GFLOP/s, ~60% of vdpbf16ps' peak; the exponentials take ~30% of the time).
 //
 // prefill_attention: q (n, H, D), k and v (n, Hkv, D), bf16, any token stride (each token's
 // heads side by side, each head contiguous); D 64 or 128, H a multiple of Hkv; scale > 0.
@@ -75,31 +78,39 @@ inline void pairs_times_vectors(__m512 (&sums)[kRows][4], const __m512bh (&vecto
   }
 }
 
-// kRows query rows (ascending positions) over the key steps up to last_key. o lives in L1, not
-// in registers: the registers go to the 4·kRows independent score sums of a step (the
-// products' latency needs many in flight) and to the PV sums of 64 head dims at a time.
+// kRows query rows (ascending positions) and their running softmax: o (unnormalised output), l
+// (denominators, 16 partial sums a row) and m (maxes in log2 units). o lives in L1, not in
+// registers: the registers go to the 4·kRows independent score sums of a step (the products'
+// latency needs many in flight) and to the PV sums of 64 head dims at a time.
 template <int64_t kDim, int kRows>
-void rows_over_keys(const uint32_t* const* q_rows, const int64_t* positions, int rows,
-                    const uint16_t* k_tiles, const uint32_t* v_pairs, int64_t last_key,
-                    float scale, c10::BFloat16* const* out_rows) {
-  constexpr int kPairs = kDim / 2;  // head-dim pairs in a q row
-  alignas(64) float o[kRows][kDim];
-  alignas(64) float l[kRows][16];          // softmax denominators, 16 partial sums a row
-  alignas(64) float scores[kRows][kStep];
-  alignas(64) uint32_t probs[kRows][kStep / 2];  // bf16 probabilities, pairs of keys
+struct RowGroup {
   static_assert(kRows <= 16, "the rows' maxes and rescales are one vector");
-  alignas(64) float m[16], correction[16];
-  _mm512_store_ps(m, _mm512_set1_ps(-std::numeric_limits<float>::infinity()));
-  for (int r = 0; r < kRows; ++r) {
-    for (int64_t i = 0; i < kDim; i += 16) _mm512_store_ps(o[r] + i, _mm512_setzero_ps());
-    _mm512_store_ps(l[r], _mm512_setzero_ps());
+  alignas(64) float o[kRows][kDim];
+  alignas(64) float l[kRows][16];
+  alignas(64) float m[16];
+  const uint32_t* q_rows[kRows];
+  int64_t positions[kRows];
+  c10::BFloat16* out_rows[kRows];
+  int rows = 0;
+  int64_t last_key = 0;  // the last row's position: rows go by position, then head
+
+  void start() {
+    _mm512_store_ps(m, _mm512_set1_ps(-std::numeric_limits<float>::infinity()));
+    for (int r = 0; r < kRows; ++r) {
+      for (int64_t i = 0; i < kDim; i += 16) _mm512_store_ps(o[r] + i, _mm512_setzero_ps());
+      _mm512_store_ps(l[r], _mm512_setzero_ps());
+    }
   }
-  const __m512 minus_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-  const float log2_scale = scale * 1.44269504088896341f;  // exp(scale · s) = 2^(log2_scale · s)
-  const __m512 log2_scales = _mm512_set1_ps(log2_scale);
-  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  alignas(64) float new_max[16] = {};
-  for (int64_t key0 = 0; key0 <= last_key; key0 += kStep) {
+
+  // one step of 64 keys from key0 (≤ last_key)
+  void step(int64_t key0, const uint16_t* k_tiles, const uint32_t* v_pairs, float log2_scale) {
+    constexpr int kPairs = kDim / 2;  // head-dim pairs in a q row
+    alignas(64) float scores[kRows][kStep];
+    alignas(64) uint32_t probs[kRows][kStep / 2];  // bf16 probabilities, pairs of keys
+    alignas(64) float new_max[16] = {}, correction[16];
+    const __m512 minus_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+    const __m512 log2_scales = _mm512_set1_ps(log2_scale);
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     // scores of the step's 64 keys (two tiles of K; zeros past the sequence, masked below)
     {
       const uint16_t* tile = k_tiles + (key0 / kKeys) * kPairs * kKeys * 2;
@@ -169,14 +180,18 @@ void rows_over_keys(const uint32_t* const* q_rows, const int64_t* positions, int
       }
     }
   }
-  for (int r = 0; r < rows; ++r) {
-    const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(_mm512_load_ps(l[r])));
-    for (int64_t i = 0; i < kDim; i += 16) {
-      const __m256bh x = _mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_load_ps(o[r] + i), inv));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out_rows[r] + i), (__m256i)x);
+
+  // o / l as bf16 into the output rows
+  void finish() const {
+    for (int r = 0; r < rows; ++r) {
+      const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(_mm512_load_ps(l[r])));
+      for (int64_t i = 0; i < kDim; i += 16) {
+        const __m256bh x = _mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_load_ps(o[r] + i), inv));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out_rows[r] + i), (__m256i)x);
+      }
     }
   }
-}
+};
 
 // One sequence of a prefill: its new tokens are rows [row0, row0 + n) of q and of the output,
 // at positions [start, start + n); each attends to the keys [0, its position].
@@ -246,7 +261,12 @@ void prefill(const c10::BFloat16* qd, int64_t q_stride, int64_t heads, int64_t k
   std::stable_sort(blocks.begin(), blocks.end(), [&](const auto& a, const auto& b) {
     return last_position(a) > last_position(b);
   });
+  const float log2_scale = scale * 1.44269504088896341f;  // exp(scale · s) = 2^(log2_scale · s)
+  using Group = RowGroup<kDim, kRows>;
+  // the row groups' states (12 KB at D = 64) and a step's K and V stay in L1 together
+  constexpr int kGroups = kDim == 64 ? 8 : 4;
   parallel_chunks(kv_heads * static_cast<int64_t>(blocks.size()), [&](int64_t begin, int64_t end) {
+    std::unique_ptr<Group[]> row_groups(new Group[kGroups]);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t g = item % kv_heads;
       const auto [s, block] = blocks[item / kv_heads];
@@ -255,21 +275,34 @@ void prefill(const c10::BFloat16* qd, int64_t q_stride, int64_t heads, int64_t k
       const int64_t count = (i1 - i0) * group;  // rows: (position, query head of the group)
       const uint32_t* k_head = k_tiles.get() + (g * tiles + tile_start[s]) * kPairs * kKeys;
       const uint32_t* v_head = v_pairs.get() + (g * tiles + tile_start[s]) * (kKeys / 2) * kDim;
-      for (int64_t r0 = 0; r0 < count; r0 += kRows) {
-        const uint32_t* q_rows[kRows];
-        int64_t positions[kRows];
-        c10::BFloat16* out_rows[kRows];
-        const int rows = static_cast<int>(std::min<int64_t>(kRows, count - r0));
-        for (int r = 0; r < kRows; ++r) {
-          const int64_t row = r0 + std::min(r, rows - 1);  // padding rows repeat the last
-          const int64_t i = i0 + row / group, head = g * group + row % group;
-          q_rows[r] = reinterpret_cast<const uint32_t*>(qd + (seq.row0 + i) * q_stride + head * kDim);
-          positions[r] = seq.start + i;
-          out_rows[r] = od + ((seq.row0 + i) * heads + head) * kDim;
+      // the item's row groups go through the keys together, kGroups at a time: each step's K
+      // and V (16 KB at D = 64) come from L2 once for all of them and serve the rest from L1
+      for (int64_t first = 0; first < count; first += kGroups * kRows) {
+        const int64_t last = std::min(count, first + kGroups * kRows);
+        const int groups = static_cast<int>((last - first + kRows - 1) / kRows);
+        int64_t last_key = 0;
+        for (int gi = 0; gi < groups; ++gi) {
+          Group& rg = row_groups[gi];
+          const int64_t r0 = first + gi * kRows;
+          rg.rows = static_cast<int>(std::min<int64_t>(kRows, count - r0));
+          for (int r = 0; r < kRows; ++r) {
+            const int64_t row = r0 + std::min(r, rg.rows - 1);  // padding rows repeat the last
+            const int64_t i = i0 + row / group, head = g * group + row % group;
+            rg.q_rows[r] = reinterpret_cast<const uint32_t*>(qd + (seq.row0 + i) * q_stride + head * kDim);
+            rg.positions[r] = seq.start + i;
+            rg.out_rows[r] = od + ((seq.row0 + i) * heads + head) * kDim;
+          }
+          rg.last_key = rg.positions[rg.rows - 1];
+          last_key = std::max(last_key, rg.last_key);
+          rg.start();
         }
-        const int64_t last_key = positions[rows - 1];  // rows go by position, then head
-        rows_over_keys<kDim, kRows>(q_rows, positions, rows, reinterpret_cast<const uint16_t*>(k_head),
-                                    v_head, last_key, scale, out_rows);
+        for (int64_t key0 = 0; key0 <= last_key; key0 += kStep) {
+          for (int gi = 0; gi < groups; ++gi) {
+            Group& rg = row_groups[gi];
+            if (key0 <= rg.last_key) rg.step(key0, reinterpret_cast<const uint16_t*>(k_head), v_head, log2_scale);
+          }
+        }
+        for (int gi = 0; gi < groups; ++gi) row_groups[gi].finish();
       }
     }
   });
