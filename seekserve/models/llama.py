@@ -133,4 +133,14 @@ class LlamaForCausalLM(CausalLM):
                 down,
                 attn.kv_cache,
             )
+        # prefill chunks too, where runner/attention.py would attend them by the same kernels
+        dtype = self.model.embed_tokens.weight.dtype
+        q, k = (
+            torch.empty(0, n, cfg.head_dim, dtype=dtype)
+            for n in (cfg.num_attention_heads, cfg.num_key_value_heads)
+        )
+        self.native_prefill = kernels.prefill_attention_supported(q, k) and all(
+            layer.self_attn.kv_cache.dtype == dtype and layer.self_attn.kv_cache.is_contiguous()
+            for layer in self.model.layers
+        )
         return decoder

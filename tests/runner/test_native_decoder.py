@@ -1,8 +1,10 @@
-"""The native decode step (`runner/csrc/decoder.cpp`) against the Python layers it replaces:
-the same ops in the same order, so the hidden states of every decode step are bitwise equal,
-in fp32 (plain linears), bf16 (oneDNN-packed linears), int8 (int8 kernel up to 4 rows,
+"""The native step (`runner/csrc/decoder.cpp`) against the Python layers it replaces: the
+same ops in the same order, so the hidden states of every decode step are bitwise equal, in
+fp32 (plain linears), bf16 (oneDNN-packed linears), int8 (int8 kernel up to 4 rows,
 dequantized weights above) and w8a8, for llama and qwen2 (QKV bias), at batch sizes 10 down
-to 1."""
+to 1; and in bf16 of every step with prefill chunks too (prompts from position 0, chunks
+after cached positions, decodes mixed in; the full pass and the one pruned to the sampling
+rows)."""
 
 from __future__ import annotations
 
@@ -31,9 +33,9 @@ class CountingDecoder:
     def __init__(self, decoder) -> None:
         self.decoder, self.calls = decoder, 0
 
-    def forward(self, *args):
+    def forward(self, *args, **kwargs):
         self.calls += 1
-        return self.decoder.forward(*args)
+        return self.decoder.forward(*args, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +94,80 @@ def test_decode_steps_equal_the_python_layers(kernels, model_dir, dtype, quantiz
         sampled = dict(zip(inputs.sample_request_ids, logits.argmax(-1).tolist(), strict=True))
         engine.scheduler.update(output, sampled)
     assert sorted(set(batch_sizes)) == list(range(1, 11))
-    assert native.calls == len(batch_sizes)  # every decode-only step, nothing else
+    # every decode-only step, nothing else: at head_dim 16 the prefill kernels do not attend
+    # (they take 64 or 128), so the prefill steps keep the Python layers
+    assert not model.native_prefill
+    assert native.calls == len(batch_sizes)
+
+
+@pytest.fixture(scope="module")
+def head_dim_64_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2's attention shape in small: head_dim 64, 3 query heads per KV head."""
+    directory = tmp_path_factory.mktemp("native-prefill")
+    return build_tiny_llama(
+        directory,
+        num_hidden_layers=3,
+        hidden_size=192,
+        intermediate_size=256,
+        num_attention_heads=3,
+        num_key_value_heads=1,
+    )
+
+
+@pytest.mark.parametrize("quantization", [None, "w8a8"])
+def test_prefill_steps_equal_the_python_layers(kernels, head_dim_64_dir, quantization):
+    """bf16 steps with prefill chunks: requests arrive while others decode, a small token
+    budget splits prompts into chunks after their cached positions, and a shared prefix comes
+    from the prefix cache. The native step equals the Python layers bit for bit, both the
+    full pass (`model(inputs)`) and the one pruned to the sampling rows (`sample_hidden`)."""
+    engine = make_engine(
+        head_dim_64_dir,
+        dtype="bfloat16",
+        quantization=quantization,
+        num_blocks=128,
+        max_num_seqs=6,
+        max_num_batched_tokens=48,
+    )
+    model = engine.runner.model
+    assert model.native_decoder is not None and model.native_prefill
+    native = CountingDecoder(model.native_decoder)
+    model.native_decoder = native
+    generator = torch.Generator().manual_seed(11)
+    shared = torch.randint(0, 256, (40,), generator=generator).tolist()
+    prompts = [
+        torch.randint(0, 256, (length,), generator=generator).tolist() for length in (70, 9, 33)
+    ]
+    prompts += [shared + [5, 6, 7], shared + [8, 9]]  # the second finds 32 positions cached
+    kinds, arrivals = set(), dict(enumerate(prompts))
+    steps = 0
+    while arrivals or engine.has_unfinished_requests():
+        if steps % 3 == 0 and arrivals:  # one arrival every third step
+            index = min(arrivals)
+            params = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
+            engine.add_request(str(index), arrivals.pop(index), params)
+        output = engine.scheduler.schedule()
+        inputs = prepare_inputs(output, engine.runner.block_size).to(
+            engine.runner.device, engine.runner.kv_cache.dtype
+        )
+        kinds.update(
+            "decode" if g.is_decode else "causal" if g.causal else "paged" for g in inputs.groups
+        )
+        with torch.inference_mode():
+            calls = native.calls
+            ours, ours_rows = model(inputs), model.sample_hidden(inputs)
+            assert native.calls == calls + 2
+            model.native_decoder = None
+            try:
+                theirs, theirs_rows = model(inputs), model.sample_hidden(inputs)
+            finally:
+                model.native_decoder = native
+            logits = model.compute_logits(ours_rows)
+        assert torch.equal(ours, theirs), f"step {steps}: {[g.num_tokens for g in inputs.groups]}"
+        assert torch.equal(ours_rows, theirs_rows), f"step {steps}, sampling rows"
+        sampled = dict(zip(inputs.sample_request_ids, logits.argmax(-1).tolist(), strict=True))
+        engine.scheduler.update(output, sampled)
+        steps += 1
+    assert kinds == {"decode", "causal", "paged"}
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])

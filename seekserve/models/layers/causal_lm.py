@@ -4,7 +4,8 @@ hands a KV cache tensor to each of `attention_layers`; logits come out in fp32.
 
 An architecture can also mirror its layers in the CPU kernels' native `Decoder`
 (`build_native_decoder`; `runner/csrc/decoder.cpp`): the runner sets `native_decoder` when
-the kernels are on, and decode-only steps then run all layers in one call without Python."""
+the kernels are on, and steps whose attention groups the kernels take (decodes; bf16 prefill
+chunks where `native_prefill`) then run all layers in one call without Python."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from torch import nn
 
 from seekserve.models.config import ModelArchConfig
 from seekserve.runner import cpu_kernels
-from seekserve.runner.inputs import ModelInputs
+from seekserve.runner.inputs import AttentionGroup, ModelInputs
 from seekserve.sampling.sampler import argmax
 
 
@@ -24,6 +25,9 @@ class CausalLM(nn.Module):
     rotary: nn.Module
     native_decoder: Any = None
     """The kernels' `Decoder` over this model's weights and KV cache, or None."""
+    native_prefill: bool = False
+    """Whether `native_decoder` also takes steps with prefill chunks: the kernels' prefill
+    attention takes this model's dtype, heads and cache (set by `build_native_decoder`)."""
 
     def init_lm_head(self, cfg: ModelArchConfig) -> None:
         """Call after `self.model` exists."""
@@ -61,21 +65,43 @@ class CausalLM(nn.Module):
         indices; the last layer must take them: `sample_hidden`), of those rows only."""
         x = self.model.embed_tokens(inputs.token_ids)
         rope = self.rotary(inputs.positions, x.dtype)  # once per step, shared by all layers
-        if (
-            rows is None
-            and self.native_decoder is not None
-            and inputs.is_decode_only
-            and cpu_kernels.get(x.device) is not None
-        ):
-            group = inputs.groups[0]
+        groups = self._native_groups(inputs, x.device)
+        if groups is not None:
+            sample = None
+            if rows is not None:
+                sample = self._native_group(inputs.sample_group, kind=0)
             return self.native_decoder.forward(
-                x, group.block_table, group.kv_lens, inputs.slot_mapping, *rope
+                x, groups, inputs.slot_mapping, *rope, rows=rows, sample=sample
             )
         *layers, last = self.model.layers
         for layer in layers:
             x = layer(x, inputs, rope)
         x = last(x, inputs, rope) if rows is None else last(x, inputs, rope, rows)
         return self.model.norm(x)
+
+    def _native_groups(self, inputs: ModelInputs, device: torch.device) -> list[Any] | None:
+        """The step's attention groups as the native decoder's `StepGroup`s (kind 0: decode,
+        1: one request's chunk from position 0, 2: chunks after cached positions), or None
+        where the step keeps the Python layers."""
+        if self.native_decoder is None or cpu_kernels.get(device) is None:
+            return None
+        if not self.native_prefill and not inputs.is_decode_only:
+            return None
+        return [
+            self._native_group(group, kind=0 if group.is_decode else 1 if group.causal else 2)
+            for group in inputs.groups
+        ]
+
+    def _native_group(self, group: AttentionGroup, kind: int) -> Any:
+        kernels = cpu_kernels.get(group.block_table.device)
+        return kernels.StepGroup(
+            group.token_start,
+            group.num_tokens,
+            kind,
+            group.block_table,
+            group.kv_lens,
+            group.q_lens,
+        )
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(S, hidden) → (S, vocab) in fp32."""

@@ -57,8 +57,19 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_static("w8a8", &Linear::w8a8)
       .def_static("w8a8_silu_mul", &Linear::w8a8_silu_mul)
       .def("__call__", &Linear::operator(), release());
-  pybind11::class_<Decoder>(m, "Decoder", "the decode step of a llama-family model")
+  pybind11::class_<StepGroup>(m, "StepGroup", "one attention group of a step (decoder.cpp)")
+      .def(pybind11::init([](int64_t start, int64_t count, int64_t kind, torch::Tensor block_table,
+                             torch::Tensor kv_lens, torch::Tensor q_lens) {
+             TORCH_CHECK(kind >= 0 && kind <= 2, "kind must be 0 (decode), 1 (causal) or 2 (paged), got ", kind);
+             return StepGroup{start, count, static_cast<StepGroup::Kind>(kind), std::move(block_table),
+                              std::move(kv_lens), std::move(q_lens)};
+           }),
+           pybind11::arg("start"), pybind11::arg("count"), pybind11::arg("kind"),
+           pybind11::arg("block_table"), pybind11::arg("kv_lens"), pybind11::arg("q_lens"));
+  pybind11::class_<Decoder>(m, "Decoder", "a step of a llama-family model, all layers")
       .def(pybind11::init<int64_t, int64_t, int64_t, double, double, torch::Tensor>())
       .def("add_layer", &Decoder::add_layer)
-      .def("forward", &Decoder::forward, release());
+      .def("forward", &Decoder::forward, release(), pybind11::arg("x"), pybind11::arg("groups"),
+           pybind11::arg("slot_mapping"), pybind11::arg("cos"), pybind11::arg("sin"),
+           pybind11::arg("rows") = pybind11::none(), pybind11::arg("sample") = pybind11::none());
 }

@@ -1,20 +1,24 @@
-// The decode step of a llama-family decoder (llama, SmolLM2, qwen2) in one native call.
+// A step of a llama-family decoder (llama, SmolLM2, qwen2) in one native call.
 //
-// A decode step of the Python model launches ~16 PyTorch ops and kernel calls per layer, and
-// at batch 1 the Python around them costs about as much as the matmuls (SmolLM2-135M: ~9 of
-// 24 ms). `Decoder::forward` runs the same ops, in the same order and with the same kernels,
-// from C++ with the GIL released: its output is bitwise the Python fast path's. Only
-// decode-only steps take it (one query token per request); prefill keeps the Python path.
+// A step of the Python model launches ~16 PyTorch ops and kernel calls per layer. At batch 1
+// the Python around them costs about as much as the matmuls (SmolLM2-135M: ~9 of 24 ms); in a
+// prefill it is serial time during which the other threads wait (~4 % of a 1,130-token
+// prompt's step). `Decoder::forward` runs the same ops, in the same order and with the same
+// kernels, from C++ with the GIL released: its output is bitwise the Python fast path's.
+// Steps whose groups the kernels attend (decodes; bf16 prefill chunks) take it
+// (CausalLM.forward); the others keep the Python path.
 //
 // Per layer, on x (T, hidden):
 //   qkv = qkv_proj(rms_norm(x))
 //   rotary_(q ‖ k heads in place); write k, v into the cache slots
-//   a = o_proj(paged_decode_attention(q))
+//   a = o_proj(attention of each group: paged_decode_attention, prefill_attention or
+//              paged_prefill_attention, as runner/attention.py picks them)
 //   x += a; h = rms_norm(x)              (add_rms_norm)
 //   x = x + down_proj(silu(gate) * up)
-// then the final norm. Linear layers are `Linear`: dense (at::linear), oneDNN-packed bf16, or
-// int8 weight-only with its dense fallback, or W8A8 (gate_up possibly with silu · up in its
-// epilogue), each the same call its Python module makes.
+// then the final norm; with sampling rows, the last layer as CausalLM.sample_hidden runs it.
+// Linear layers are `Linear`: dense (at::linear), oneDNN-packed bf16, or int8 weight-only with
+// its dense fallback, or W8A8 (gate_up possibly with silu · up in its epilogue), each the same
+// call its Python module makes.
 #include "kernels.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -191,19 +195,48 @@ void Decoder::add_layer(torch::Tensor input_norm, Linear qkv, Linear o, torch::T
                           std::move(kv_cache)});
 }
 
-torch::Tensor Decoder::forward(torch::Tensor x, const torch::Tensor& block_table,
-                               const torch::Tensor& kv_lens, const torch::Tensor& slot_mapping,
-                               const torch::Tensor& cos, const torch::Tensor& sin) const {
+torch::Tensor Decoder::attend(const torch::Tensor& q, const torch::Tensor& k,
+                              const torch::Tensor& v, const torch::Tensor& kv_cache,
+                              const StepGroup& group) const {
+  const auto q_g = q.narrow(0, group.start, group.count);
+  switch (group.kind) {
+    case StepGroup::Kind::kDecode:
+      return paged_decode_attention(q_g.contiguous(), kv_cache, group.block_table, group.kv_lens,
+                                    scale_);
+    case StepGroup::Kind::kCausal:
+      return prefill_attention(q_g, k.narrow(0, group.start, group.count),
+                               v.narrow(0, group.start, group.count), scale_);
+    case StepGroup::Kind::kPaged:
+      return paged_prefill_attention(q_g, kv_cache, group.block_table, group.kv_lens,
+                                     group.q_lens, scale_);
+  }
+  TORCH_CHECK(false, "unknown attention group kind");
+}
+
+torch::Tensor Decoder::forward(torch::Tensor x, const std::vector<StepGroup>& groups,
+                               const torch::Tensor& slot_mapping, const torch::Tensor& cos,
+                               const torch::Tensor& sin, const std::optional<torch::Tensor>& rows,
+                               const std::optional<StepGroup>& sample) const {
   TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "x must be a contiguous (T, hidden) tensor");
   TORCH_CHECK(!layers_.empty(), "the decoder has no layers");
-  c10::InferenceMode guard;
+  TORCH_CHECK(!groups.empty(), "a step needs at least one attention group");
+  TORCH_CHECK(rows.has_value() == sample.has_value(), "rows and their sample group go together");
   const int64_t tokens = x.size(0);
+  int64_t covered = 0;
+  for (const StepGroup& group : groups) {
+    TORCH_CHECK(group.start == covered && group.count > 0 && group.start + group.count <= tokens,
+                "the groups must cover the step's ", tokens, " tokens in order");
+    covered += group.count;
+  }
+  TORCH_CHECK(covered == tokens, "the groups cover ", covered, " of the step's ", tokens, " tokens");
+  c10::InferenceMode guard;
   const int64_t q_size = num_heads_ * head_dim_, kv_size = num_kv_heads_ * head_dim_;
   // each layer's MLP residual add is fused with the next norm (add_rms_norm rounds the sum as
   // `x + delta` does, then norms it): one kernel instead of an ATen add and a norm
   auto h = rms_norm(x, layers_.front().input_norm, eps_);
   for (size_t index = 0; index < layers_.size(); ++index) {
     const Layer& layer = layers_[index];
+    const bool last = index + 1 == layers_.size();
     const auto qkv = layer.qkv(h);  // (T, q_size + 2 kv_size)
     auto qk = qkv.narrow(1, 0, q_size + kv_size).view({tokens, num_heads_ + num_kv_heads_, head_dim_});
     rotary_(qk, cos, sin);
@@ -211,16 +244,27 @@ torch::Tensor Decoder::forward(torch::Tensor x, const torch::Tensor& block_table
     const auto k = qk.narrow(1, num_heads_, num_kv_heads_);
     const auto v = qkv.narrow(1, q_size + kv_size, kv_size).view({tokens, num_kv_heads_, head_dim_});
     write_kv_(layer.kv_cache, k, v, slot_mapping);
-    const auto attn =
-        paged_decode_attention(q.contiguous(), layer.kv_cache, block_table, kv_lens, scale_);
-    const auto delta = layer.o(attn.reshape({tokens, -1})).contiguous();
+    torch::Tensor attn;
+    if (last && rows.has_value()) {  // only the sampling rows attend (CausalLM.sample_hidden)
+      attn = attend(q.index_select(0, *rows), k, v, layer.kv_cache,
+                    StepGroup{0, rows->numel(), StepGroup::Kind::kDecode, sample->block_table,
+                              sample->kv_lens, sample->q_lens});
+      x = x.index_select(0, *rows);
+    } else if (groups.size() == 1) {
+      attn = attend(q, k, v, layer.kv_cache, groups.front());
+    } else {
+      attn = torch::empty({tokens, num_heads_, head_dim_}, q.options());
+      for (const StepGroup& group : groups) {
+        attn.narrow(0, group.start, group.count).copy_(attend(q, k, v, layer.kv_cache, group));
+      }
+    }
+    const auto delta = layer.o(attn.reshape({attn.size(0), -1})).contiguous();
     const auto normed = add_rms_norm(x, delta, layer.post_norm, eps_);  // x += delta
     // silu(gate) · up: in the W8A8 gate_up kernel's epilogue, or a pass over its output
     const auto activated = layer.gate_up.fuses_silu_mul()
                                ? layer.gate_up(normed)
                                : silu_and_mul(layer.gate_up(normed).contiguous());
     const auto mlp = layer.down(activated).contiguous();
-    const bool last = index + 1 == layers_.size();
     h = add_rms_norm(x, mlp, last ? final_norm_ : layers_[index + 1].input_norm, eps_);
   }
   return h;

@@ -324,18 +324,34 @@ class Linear {
   int64_t max_rows_ = 0, out_features_ = 0;
 };
 
-// decoder.cpp: the decode step of a llama-family model, all layers in one call.
+// decoder.cpp: a step of a llama-family model, all layers in one call.
+//
+// One attention group of a step (runner/inputs.py: AttentionGroup): the step's token rows
+// [start, start + count), attended as decodes (one token per request), as one request's chunk
+// from position 0 over its own K/V (prefill_attention), or as chunks after cached positions
+// (paged_prefill_attention; q_lens their new tokens).
+struct StepGroup {
+  enum class Kind : int64_t { kDecode = 0, kCausal = 1, kPaged = 2 };
+  int64_t start = 0, count = 0;
+  Kind kind = Kind::kDecode;
+  torch::Tensor block_table, kv_lens, q_lens;
+};
+
 class Decoder {
  public:
   Decoder(int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, double eps, double scale,
           torch::Tensor final_norm);
   void add_layer(torch::Tensor input_norm, Linear qkv, Linear o, torch::Tensor post_norm,
                  Linear gate_up, Linear down, torch::Tensor kv_cache);
-  // x: (T, hidden) embeddings of one token per request (updated in place); cos, sin: (T, 1, D);
-  // returns the final-normed hidden states (T, hidden)
-  torch::Tensor forward(torch::Tensor x, const torch::Tensor& block_table,
-                        const torch::Tensor& kv_lens, const torch::Tensor& slot_mapping,
-                        const torch::Tensor& cos, const torch::Tensor& sin) const;
+  // x: (T, hidden) embeddings of the step's tokens (updated in place); groups: the step's
+  // attention groups, in token order; cos, sin: (T, 1, D). Returns the final-normed hidden
+  // states (T, hidden); with `rows` (the sampling rows, `sample`: them as a decode group over
+  // all their K/V), the last layer writes every token's K/V but attends and runs its MLP for
+  // those rows only: (len(rows), hidden).
+  torch::Tensor forward(torch::Tensor x, const std::vector<StepGroup>& groups,
+                        const torch::Tensor& slot_mapping, const torch::Tensor& cos,
+                        const torch::Tensor& sin, const std::optional<torch::Tensor>& rows,
+                        const std::optional<StepGroup>& sample) const;
 
  private:
   struct Layer {
@@ -345,6 +361,8 @@ class Decoder {
     Linear gate_up, down;
     torch::Tensor kv_cache;
   };
+  torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                       const torch::Tensor& kv_cache, const StepGroup& group) const;
   int64_t num_heads_, num_kv_heads_, head_dim_;
   double eps_, scale_;
   torch::Tensor final_norm_;
