@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 import threading
 
 import pytest
 
-from seekserve.engine.async_engine import AsyncEngine, OutputStream
+from seekserve.engine.async_engine import GIL_SWITCH_INTERVAL_S, AsyncEngine, OutputStream
 from seekserve.engine.outputs import EngineOutput
 from seekserve.sampling_params import SamplingParams
 
@@ -113,6 +114,8 @@ def test_the_engine_loads_with_the_cyclic_collector_off_and_freezes_what_it_made
         engine = AsyncEngine(build)
         engine.start()
         engine.stop()
+        # outputs reach the event loop without waiting out CPython's 5 ms GIL switch interval
+        assert sys.getswitchinterval() == GIL_SWITCH_INTERVAL_S == 0.0005
         assert gc.isenabled() and gc.get_freeze_count() > 0
         with pytest.raises(RuntimeError, match="no weights"):
             AsyncEngine(failing_build).start()
