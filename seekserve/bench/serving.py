@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
 """SeekServe beside llama.cpp's llama-server: same model, same machine, same scenarios.
 
-Each server is started alone on a free 127.0.0.1 port (the other one is stopped first, so
-they never share the cores), every selected scenario is run against it with `load.py`'s
-closed-loop generator, its peak RSS is read, and it is stopped. Then a table is printed:
+Each server is started alone on a free 127.0.0.1 port, then both stay up and each selected
+scenario's measured runs alternate between them (`load.py`'s closed-loop generator; run 1 on
+each, run 2 on each, ...; the warm-up before each server's first run): these machines drift
+in speed by ±20-30 % in phases of minutes, and two servers measured minutes apart each
+caught a different phase. An idle server uses no CPU; each run records the CPU of every
+other process, the idle server included. --sequential runs one server at a time instead
+(all its scenarios, then it is stopped, then the other). Then a table is printed:
 
     metric | SeekServe | llama-server | ratio (SeekServe / llama-server)
 
@@ -47,7 +51,14 @@ from typing import Any
 
 import httpx
 
-from seekserve.bench.load import LoadConfig, read_prompts, run_async, run_load, summary_line
+from seekserve.bench.load import (
+    LoadConfig,
+    read_prompts,
+    run_async,
+    run_load,
+    summarize,
+    summary_line,
+)
 
 REPO = Path.cwd()
 BENCH_KIT = Path("/work/shared/bench")
@@ -320,7 +331,13 @@ def llama_argv(args: argparse.Namespace, port: int) -> list[str]:
 
 
 def load_config(
-    args: argparse.Namespace, sc: Scenario, server: Server, prompts: list[str], system: str
+    args: argparse.Namespace,
+    sc: Scenario,
+    server: Server,
+    prompts: list[str],
+    system: str,
+    repeat: int | None = None,
+    warmup: int | None = None,
 ) -> LoadConfig:
     return LoadConfig(
         base_url=server.base_url,
@@ -332,8 +349,8 @@ def load_config(
         max_tokens=sc.max_tokens,
         ignore_eos=True,
         temperature=0.0,
-        warmup=sc.warmup,
-        repeat=args.repeat,
+        warmup=sc.warmup if warmup is None else warmup,
+        repeat=args.repeat if repeat is None else repeat,
         timeout=args.request_timeout,
         extra_body=dict(sc.llama_extra) if server.key == "llama" else {},
         unique_cache_salt=sc.cold and server.key != "llama",
@@ -388,6 +405,76 @@ def run_server(
     finally:
         out["exit_code"] = server.stop()
     return out
+
+
+def run_interleaved(
+    args: argparse.Namespace, keys: list[str], scenarios: list[Scenario], stamp: str
+) -> dict[str, dict[str, Any]]:
+    """Both servers up at once (started one after the other, each alone while it starts),
+    and each scenario's measured runs alternated between them: run 1 on each, then run 2 on
+    each, ... (the warm-up before each server's first run). A machine whose speed drifts
+    in phases of minutes then slows both sides of a ratio alike, where the servers in turn
+    measured them minutes apart. An idle server uses no CPU (the runs' "other processes"
+    figure includes the idle one)."""
+    prompts = read_prompts(args.prompt_file)
+    system = Path(args.system_file).read_text(encoding="utf-8").strip()
+    servers: dict[str, Server] = {}
+    outs: dict[str, dict[str, Any]] = {}
+    try:
+        for key in keys:
+            port = free_port()
+            argv = seekserve_argv(args, port) if key == "seekserve" else llama_argv(args, port)
+            server = Server(key, argv, port, args.out_dir / f"serving-{stamp}-{key}.log")
+            outs[key] = {"argv": argv, "log": str(server.log_path), "scenarios": {}}
+            print(f"\n=== {SERVER_TITLES[key]}: {' '.join(argv)}", flush=True)
+            try:
+                server.start(args.startup_timeout)
+            except RuntimeError as exc:
+                outs[key]["failed"] = str(exc)
+                print(f"FAILED: {exc}", flush=True)
+                continue
+            servers[key] = server
+            outs[key]["startup_s"] = server.startup_s
+            print(f"healthy after {server.startup_s:.1f}s on port {port}", flush=True)
+        for sc in scenarios:
+            runs: dict[str, list[dict[str, Any]]] = {key: [] for key in servers}
+            configs: dict[str, LoadConfig] = {}
+            for rep in range(args.repeat):
+                for key, server in servers.items():
+                    if outs[key].get("died") or sc.name in outs[key]["scenarios"]:
+                        continue  # dead, or this scenario failed on it
+                    cfg = load_config(
+                        args, sc, server, prompts, system, repeat=1, warmup=None if rep == 0 else 0
+                    )
+                    configs.setdefault(key, cfg)
+                    print(f"--- {key} {sc.name} run {rep + 1}/{args.repeat}", flush=True)
+                    try:
+                        result = run_async(run_with_sampler(cfg, server))
+                    except Exception as exc:  # noqa: BLE001 - record and go on
+                        outs[key]["scenarios"][sc.name] = {"failed": f"{type(exc).__name__}: {exc}"}
+                        print(f"FAILED: {exc}", flush=True)
+                        continue
+                    runs[key].extend(result["runs"])
+                    if not server.alive():
+                        outs[key]["died"] = f"exit {server.proc.returncode} during {sc.name}"
+                        print(f"{key} DIED during {sc.name}:\n{server.log_tail()}", flush=True)
+            for key, key_runs in runs.items():
+                if key_runs and sc.name not in outs[key]["scenarios"]:
+                    config = {**asdict(configs[key]), "repeat": args.repeat}
+                    config["prompts"] = len(configs[key].prompts)
+                    outs[key]["scenarios"][sc.name] = {
+                        "config": config,
+                        "runs": key_runs,
+                        "summary": summarize(key_runs),
+                    }
+                    print(summary_line(configs[key], summarize(key_runs)), flush=True)
+        for key, server in servers.items():
+            peak, method = server.rss.peak()
+            outs[key]["peak_rss_bytes"], outs[key]["peak_rss_method"] = peak, method
+    finally:
+        for key, server in servers.items():
+            outs[key]["exit_code"] = server.stop()
+    return outs
 
 
 async def run_with_sampler(cfg: LoadConfig, server: Server) -> dict[str, Any]:
@@ -595,6 +682,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--startup-timeout", type=float, default=300.0)
     ap.add_argument("--request-timeout", type=float, default=300.0)
     ap.add_argument("--out-dir", type=Path, default=Path("benchmarks") / "results")
+    ap.add_argument(
+        "--sequential",
+        action="store_true",
+        help="one server at a time, all its scenarios, then the other (default: both up, "
+        "each scenario's runs alternated between them)",
+    )
     return ap.parse_args(argv)
 
 
@@ -627,7 +720,10 @@ def main(argv: list[str] | None = None) -> int:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     t0 = time.perf_counter()
-    results = {key: run_server(args, key, scenarios, stamp) for key in servers}
+    if args.sequential or len(servers) < 2:
+        results = {key: run_server(args, key, scenarios, stamp) for key in servers}
+    else:
+        results = run_interleaved(args, servers, scenarios, stamp)
     total = time.perf_counter() - t0
 
     table = render_table(build_table(results, names))
