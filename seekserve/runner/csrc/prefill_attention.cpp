@@ -66,6 +66,33 @@ inline __m512 exp2_16(__m512 t) {
   return _mm512_scalef_ps(p, n);
 }
 
+// rows[i] ← column i of the 16 × 16 matrix of 32-bit elements whose rows they are
+inline void transpose16(__m512i (&rows)[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 16; i += 2) {  // 2 × 2 blocks of elements
+    t[i] = _mm512_unpacklo_epi32(rows[i], rows[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(rows[i], rows[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {  // 4 × 4 blocks
+    for (int k = 0; k < 2; ++k) {  // t[i + k]: columns 2k, 2k + 1 of rows i, i + 1
+      rows[i + 2 * k] = _mm512_unpacklo_epi64(t[i + k], t[i + 2 + k]);
+      rows[i + 2 * k + 1] = _mm512_unpackhi_epi64(t[i + k], t[i + 2 + k]);
+    }
+  }
+  // rows[i] now holds, in each 128-bit lane L, elements 4L..4L+3 of column c(i) of the 4 rows
+  // of its group of 4; the lanes then gather across the groups
+  for (int i = 0; i < 4; ++i) {  // 8 × 8 blocks: lanes (0, 2) and (1, 3) of groups g, g + 1
+    for (int g = 0; g < 16; g += 8) {
+      t[g + i] = _mm512_shuffle_i32x4(rows[g + i], rows[g + 4 + i], 0x88);
+      t[g + 4 + i] = _mm512_shuffle_i32x4(rows[g + i], rows[g + 4 + i], 0xdd);
+    }
+  }
+  for (int i = 0; i < 8; ++i) {
+    rows[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
+    rows[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd);
+  }
+}
+
 // sums[r][i] += pair(r) · vectors[i] for each of the kRows rows: one bf16 pair of the row
 // (two head dims of q, or the probabilities of two keys) broadcast against four vectors of
 // pairs (32 keys of K, or 16 head dims of two V rows), 32 products each, fp32 sums
@@ -225,25 +252,38 @@ void prefill(const c10::BFloat16* qd, int64_t q_stride, int64_t heads, int64_t k
     for (int64_t item = begin; item < end; ++item) {
       const int64_t g = item / tiles, t = item % tiles, s = tile_seq[t];
       const int64_t key0 = (t - tile_start[s]) * kKeys, keys = seqs[s].start + seqs[s].n;
-      uint32_t* kt = k_tiles.get() + item * kPairs * kKeys;  // pair p of key j at p·32 + j
-      for (int64_t j = 0; j < kKeys; ++j) {
-        if (key0 + j < keys) {
-          uint32_t pairs[kPairs];
-          std::memcpy(pairs, key_row(s, key0 + j, g), sizeof(pairs));
-          for (int64_t p = 0; p < kPairs; ++p) kt[p * kKeys + j] = pairs[p];
-        } else {
-          for (int64_t p = 0; p < kPairs; ++p) kt[p * kKeys + j] = 0;
+      // K: pair p of key j at p·32 + j, by 16 × 16 transposes of (key, pair) blocks
+      uint32_t* kt = k_tiles.get() + item * kPairs * kKeys;
+      for (int64_t j0 = 0; j0 < kKeys; j0 += 16) {
+        const uint32_t* rows[16];
+        for (int64_t j = 0; j < 16; ++j) {
+          rows[j] = key0 + j0 + j < keys
+                        ? reinterpret_cast<const uint32_t*>(key_row(s, key0 + j0 + j, g))
+                        : nullptr;
+        }
+        for (int64_t p0 = 0; p0 < kPairs; p0 += 16) {
+          __m512i block[16];
+          for (int j = 0; j < 16; ++j) {
+            block[j] = rows[j] != nullptr ? _mm512_loadu_si512(rows[j] + p0) : _mm512_setzero_si512();
+          }
+          transpose16(block);
+          for (int p = 0; p < 16; ++p) _mm512_storeu_si512(kt + (p0 + p) * kKeys + j0, block[p]);
         }
       }
       // V pairs (2j, 2j + 1) of this tile's keys: dim d of both keys side by side
       uint32_t* vt = v_pairs.get() + item * (kKeys / 2) * kDim;
       for (int64_t jp = 0; jp < kKeys / 2; ++jp) {
         const int64_t key = key0 + 2 * jp;
-        const auto* v0 = key < keys ? reinterpret_cast<const uint16_t*>(value_row(s, key, g)) : nullptr;
-        const auto* v1 = key + 1 < keys ? reinterpret_cast<const uint16_t*>(value_row(s, key + 1, g)) : nullptr;
-        for (int64_t d = 0; d < kDim; ++d) {
-          const uint32_t lo = v0 != nullptr ? v0[d] : 0, hi = v1 != nullptr ? v1[d] : 0;
-          vt[jp * kDim + d] = lo | (hi << 16);
+        const auto* v0 = key < keys ? value_row(s, key, g) : nullptr;
+        const auto* v1 = key + 1 < keys ? value_row(s, key + 1, g) : nullptr;
+        for (int64_t d = 0; d < kDim; d += 16) {
+          const __m512i lo = v0 != nullptr ? _mm512_cvtepu16_epi32(_mm256_loadu_si256(
+                                                 reinterpret_cast<const __m256i*>(v0 + d)))
+                                           : _mm512_setzero_si512();
+          const __m512i hi = v1 != nullptr ? _mm512_cvtepu16_epi32(_mm256_loadu_si256(
+                                                 reinterpret_cast<const __m256i*>(v1 + d)))
+                                           : _mm512_setzero_si512();
+          _mm512_storeu_si512(vt + jp * kDim + d, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
         }
       }
     }
