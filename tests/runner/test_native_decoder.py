@@ -114,7 +114,7 @@ def head_dim_64_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
-@pytest.mark.parametrize("quantization", [None, "w8a8"])
+@pytest.mark.parametrize("quantization", [None, "int8", "w8a8"])
 def test_prefill_steps_equal_the_python_layers(kernels, head_dim_64_dir, quantization):
     """bf16 steps with prefill chunks: requests arrive while others decode, a small token
     budget splits prompts into chunks after their cached positions, and a shared prefix comes
