@@ -358,20 +358,30 @@ def load_config(
     )
 
 
-def run_server(
-    args: argparse.Namespace, key: str, scenarios: list[Scenario], stamp: str
-) -> dict[str, Any]:
+def new_server(args: argparse.Namespace, key: str, stamp: str) -> tuple[Server, dict[str, Any]]:
+    """`key`'s server on a free port (not started) and its result record."""
     port = free_port()
     argv = seekserve_argv(args, port) if key == "seekserve" else llama_argv(args, port)
     server = Server(key, argv, port, args.out_dir / f"serving-{stamp}-{key}.log")
+    print(f"\n=== {SERVER_TITLES[key]}: {' '.join(argv)}", flush=True)
+    return server, {"argv": argv, "log": str(server.log_path), "scenarios": {}}
+
+
+def start_server(args: argparse.Namespace, server: Server, out: dict[str, Any]) -> None:
+    """Start `server` and wait until healthy (RuntimeError if it is not); records start-up."""
+    server.start(args.startup_timeout)
+    out["startup_s"] = server.startup_s
+    print(f"healthy after {server.startup_s:.1f}s on port {server.port}", flush=True)
+
+
+def run_server(
+    args: argparse.Namespace, key: str, scenarios: list[Scenario], stamp: str
+) -> dict[str, Any]:
+    server, out = new_server(args, key, stamp)
     prompts = read_prompts(args.prompt_file)
     system = Path(args.system_file).read_text(encoding="utf-8").strip()
-    out: dict[str, Any] = {"argv": argv, "log": str(server.log_path), "scenarios": {}}
-    print(f"\n=== {SERVER_TITLES[key]}: {' '.join(argv)}", flush=True)
     try:
-        server.start(args.startup_timeout)
-        out["startup_s"] = server.startup_s
-        print(f"healthy after {server.startup_s:.1f}s on port {port}", flush=True)
+        start_server(args, server, out)
         for sc in scenarios:
             cfg = load_config(args, sc, server, prompts, system)
             print(f"--- {key} {sc.name}", flush=True)
@@ -422,20 +432,14 @@ def run_interleaved(
     outs: dict[str, dict[str, Any]] = {}
     try:
         for key in keys:
-            port = free_port()
-            argv = seekserve_argv(args, port) if key == "seekserve" else llama_argv(args, port)
-            server = Server(key, argv, port, args.out_dir / f"serving-{stamp}-{key}.log")
-            outs[key] = {"argv": argv, "log": str(server.log_path), "scenarios": {}}
-            print(f"\n=== {SERVER_TITLES[key]}: {' '.join(argv)}", flush=True)
+            server, outs[key] = new_server(args, key, stamp)
             try:
-                server.start(args.startup_timeout)
+                start_server(args, server, outs[key])
             except RuntimeError as exc:
                 outs[key]["failed"] = str(exc)
                 print(f"FAILED: {exc}", flush=True)
                 continue
             servers[key] = server
-            outs[key]["startup_s"] = server.startup_s
-            print(f"healthy after {server.startup_s:.1f}s on port {port}", flush=True)
         for sc in scenarios:
             runs: dict[str, list[dict[str, Any]]] = {key: [] for key in servers}
             configs: dict[str, LoadConfig] = {}
@@ -462,12 +466,13 @@ def run_interleaved(
                 if key_runs and sc.name not in outs[key]["scenarios"]:
                     config = {**asdict(configs[key]), "repeat": args.repeat}
                     config["prompts"] = len(configs[key].prompts)
+                    summary = summarize(key_runs)
                     outs[key]["scenarios"][sc.name] = {
                         "config": config,
                         "runs": key_runs,
-                        "summary": summarize(key_runs),
+                        "summary": summary,
                     }
-                    print(summary_line(configs[key], summarize(key_runs)), flush=True)
+                    print(summary_line(configs[key], summary), flush=True)
         for key, server in servers.items():
             peak, method = server.rss.peak()
             outs[key]["peak_rss_bytes"], outs[key]["peak_rss_method"] = peak, method

@@ -13,7 +13,8 @@ from seekserve.bench import load, serving
 
 class FakeServer:
     def __init__(self, key: str, argv: list[str], port: int, log_path: Path) -> None:
-        self.key, self.startup_s, self.base_url = key, 1.5, f"http://127.0.0.1:{port}"
+        self.key, self.startup_s, self.port = key, 1.5, port
+        self.base_url = f"http://127.0.0.1:{port}"
         self.log_path = log_path
         self.stopped = False
         self.rss = type("Rss", (), {"peak": lambda _self: (2**20, "test")})()

@@ -65,11 +65,9 @@ class CausalLM(nn.Module):
         indices; the last layer must take them: `sample_hidden`), of those rows only."""
         x = self.model.embed_tokens(inputs.token_ids)
         rope = self.rotary(inputs.positions, x.dtype)  # once per step, shared by all layers
-        groups = self._native_groups(inputs, x.device)
-        if groups is not None:
-            sample = None
-            if rows is not None:
-                sample = self._native_group(inputs.sample_group, kind=0)
+        native = self._native_groups(inputs, x.device, rows is not None)
+        if native is not None:
+            groups, sample = native
             return self.native_decoder.forward(
                 x, groups, inputs.slot_mapping, *rope, rows=rows, sample=sample
             )
@@ -79,29 +77,34 @@ class CausalLM(nn.Module):
         x = last(x, inputs, rope) if rows is None else last(x, inputs, rope, rows)
         return self.model.norm(x)
 
-    def _native_groups(self, inputs: ModelInputs, device: torch.device) -> list[Any] | None:
+    def _native_groups(
+        self, inputs: ModelInputs, device: torch.device, pruned: bool
+    ) -> tuple[list[Any], Any] | None:
         """The step's attention groups as the native decoder's `StepGroup`s (kind 0: decode,
-        1: one request's chunk from position 0, 2: chunks after cached positions), or None
+        1: one request's chunk from position 0, 2: chunks after cached positions) and, when
+        the last layer is `pruned` to the sampling rows, `inputs.sample_group` as one; None
         where the step keeps the Python layers."""
-        if self.native_decoder is None or cpu_kernels.get(device) is None:
+        kernels = cpu_kernels.get(device)
+        if self.native_decoder is None or kernels is None:
             return None
         if not self.native_prefill and not inputs.is_decode_only:
             return None
-        return [
-            self._native_group(group, kind=0 if group.is_decode else 1 if group.causal else 2)
+
+        def step_group(group: AttentionGroup, kind: int) -> Any:
+            return kernels.StepGroup(
+                group.token_start,
+                group.num_tokens,
+                kind,
+                group.block_table,
+                group.kv_lens,
+                group.q_lens,
+            )
+
+        groups = [
+            step_group(group, kind=0 if group.is_decode else 1 if group.causal else 2)
             for group in inputs.groups
         ]
-
-    def _native_group(self, group: AttentionGroup, kind: int) -> Any:
-        kernels = cpu_kernels.get(group.block_table.device)
-        return kernels.StepGroup(
-            group.token_start,
-            group.num_tokens,
-            kind,
-            group.block_table,
-            group.kv_lens,
-            group.q_lens,
-        )
+        return groups, step_group(inputs.sample_group, kind=0) if pruned else None
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(S, hidden) → (S, vocab) in fp32."""

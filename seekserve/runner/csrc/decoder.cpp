@@ -225,6 +225,9 @@ torch::Tensor Decoder::forward(torch::Tensor x, const std::vector<StepGroup>& gr
   TORCH_CHECK(!layers_.empty(), "the decoder has no layers");
   TORCH_CHECK(!groups.empty(), "a step needs at least one attention group");
   TORCH_CHECK(rows.has_value() == sample.has_value(), "rows and their sample group go together");
+  TORCH_CHECK(!sample.has_value() || (sample->kind == StepGroup::Kind::kDecode &&
+                                      sample->start == 0 && sample->count == rows->numel()),
+              "the sample group must be a decode group over the rows (start 0, len(rows))");
   const int64_t tokens = x.size(0);
   int64_t covered = 0;
   for (const StepGroup& group : groups) {
@@ -250,9 +253,7 @@ torch::Tensor Decoder::forward(torch::Tensor x, const std::vector<StepGroup>& gr
     write_kv_(layer.kv_cache, k, v, slot_mapping);
     torch::Tensor attn;
     if (last && rows.has_value()) {  // only the sampling rows attend (CausalLM.sample_hidden)
-      attn = attend(q.index_select(0, *rows), k, v, layer.kv_cache,
-                    StepGroup{0, rows->numel(), StepGroup::Kind::kDecode, sample->block_table,
-                              sample->kv_lens, sample->q_lens});
+      attn = attend(q.index_select(0, *rows), k, v, layer.kv_cache, *sample);
       x = x.index_select(0, *rows);
     } else if (groups.size() == 1) {
       attn = attend(q, k, v, layer.kv_cache, groups.front());
