@@ -18,8 +18,8 @@
   64/128), where SDPA ran at ~126 GFLOP/s on a CPU without AMX (`runner/attention.py`);
   `paged_prefill_attention`: the same over several requests' chunks, each after its cached
   prefix, K/V read from the blocks in place.
-* `Decoder` / `Linear`: a llama-family decode step, all layers in one call without Python
-  (`models/layers/causal_lm.py`).
+* `Decoder` / `Linear` / `StepGroup`: a llama-family step (decodes, and bf16 prefill chunks),
+  all layers in one call without Python (`models/layers/causal_lm.py`).
 
 The extension is built with `torch.utils.cpp_extension` (g++ and ninja, ~2 min once) into
 `kernels_dir()/<torch version>-<hash of the CPU flags and the csrc/ path>`
