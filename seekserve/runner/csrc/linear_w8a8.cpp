@@ -237,6 +237,29 @@ inline void store_silu_mul_row(T* dst, const float* sums, const float* scales) {
   silu_mul_scalar(gate_up, gate_up + 16, dst, 0, 16);
 }
 
+// store_silu_mul_row of kR rows (sums kTile apart, dst rows `stride` apart), each step across
+// all the rows before the next (silu16_n): the same bits, in a third of the time at prefill
+template <int kR, typename T>
+inline void store_silu_mul_rows(T* dst, int64_t stride, const float* sums, const float* scales) {
+#if defined(__AVX512BF16__)
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    const __m512 gate_scales = _mm512_loadu_ps(scales), up_scales = _mm512_loadu_ps(scales + 16);
+    __m512 gate[kR], up[kR];
+    for (int r = 0; r < kR; ++r) {
+      gate[r] = round_bf16(_mm512_mul_ps(_mm512_loadu_ps(sums + r * kTile), gate_scales));
+      up[r] = round_bf16(_mm512_mul_ps(_mm512_loadu_ps(sums + r * kTile + 16), up_scales));
+    }
+    silu16_n<kR>(gate);
+    for (int r = 0; r < kR; ++r) {
+      const __m256bh out = _mm512_cvtneps_pbh(_mm512_mul_ps(round_bf16(gate[r]), up[r]));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + r * stride), (__m256i)out);
+    }
+    return;
+  }
+#endif
+  for (int r = 0; r < kR; ++r) store_silu_mul_row(dst + r * stride, sums + r * kTile, scales);
+}
+
 // kSiluMul: the weights are a gate/up pair interleaved by 16 (w8a8_silu_mul), out is (rows,
 // n_size / 2) and each tile's row gives 16 outputs of silu(gate) · up
 template <typename T, bool kSiluMul = false>
@@ -275,12 +298,19 @@ void w8a8_rows(const T* x, const int8_t* w, const int32_t* offsets, const float*
           }
           rows_of_tile<false>(count, tile, tile_offsets, qm, dm, k_size, sums, next);
         }
+        if constexpr (kSiluMul) {
+          T* dst = out + m0 * (n_size / 2) + n0 / 2;
+          if (count == kMaxRows) {
+            store_silu_mul_rows<kMaxRows>(dst, n_size / 2, sums, scales + n0);
+          } else {
+            for (int64_t r = 0; r < count; ++r) {
+              store_silu_mul_rows<1>(dst + r * (n_size / 2), n_size / 2, sums + r * kTile, scales + n0);
+            }
+          }
+          continue;
+        }
         for (int64_t r = 0; r < count; ++r) {
           const float* row = sums + r * kTile;
-          if constexpr (kSiluMul) {
-            store_silu_mul_row(out + (m0 + r) * (n_size / 2) + n0 / 2, row, scales + n0);
-            continue;
-          }
           T* dst = out + (m0 + r) * n_size + n0;
           if constexpr (std::is_same_v<T, c10::BFloat16>) {
             store_row_bf16(dst, row, width, scales + n0, bias == nullptr ? nullptr : bias + n0);
