@@ -443,6 +443,7 @@ def run_interleaved(
         for sc in scenarios:
             runs: dict[str, list[dict[str, Any]]] = {key: [] for key in servers}
             configs: dict[str, LoadConfig] = {}
+            records: dict[str, dict[str, Any]] = {}  # run_load's config record of run 1
             for rep in range(args.repeat):
                 for key, server in servers.items():
                     if outs[key].get("died") or sc.name in outs[key]["scenarios"]:
@@ -458,17 +459,16 @@ def run_interleaved(
                         outs[key]["scenarios"][sc.name] = {"failed": f"{type(exc).__name__}: {exc}"}
                         print(f"FAILED: {exc}", flush=True)
                         continue
+                    records.setdefault(key, result["config"])
                     runs[key].extend(result["runs"])
                     if not server.alive():
                         outs[key]["died"] = f"exit {server.proc.returncode} during {sc.name}"
                         print(f"{key} DIED during {sc.name}:\n{server.log_tail()}", flush=True)
             for key, key_runs in runs.items():
                 if key_runs and sc.name not in outs[key]["scenarios"]:
-                    config = {**asdict(configs[key]), "repeat": args.repeat}
-                    config["prompts"] = len(configs[key].prompts)
                     summary = summarize(key_runs)
                     outs[key]["scenarios"][sc.name] = {
-                        "config": config,
+                        "config": {**records[key], "repeat": args.repeat},
                         "runs": key_runs,
                         "summary": summary,
                     }

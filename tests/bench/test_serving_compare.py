@@ -4,6 +4,7 @@ each server's first run, and each server's runs summarised as one scenario."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -41,7 +42,8 @@ def fake_run(cfg, server):
     calls.append(("run", server.key, cfg.concurrency, cfg.warmup, cfg.repeat))
     rate = {"seekserve": 200.0, "llama": 100.0}[server.key] + len(calls)
     run = dict.fromkeys(load.SUMMARY_KEYS, 0.1) | {"agg_out_tok_s": rate}
-    return {"runs": [{**run, "errors": 0, "usage_problems": 0}], "summary": {}}
+    config = {**asdict(cfg), "prompts": len(cfg.prompts), "model": "smollm2"}  # as run_load
+    return {"config": config, "runs": [{**run, "errors": 0, "usage_problems": 0}], "summary": {}}
 
 
 @pytest.fixture
@@ -81,6 +83,7 @@ def test_runs_alternate_between_the_servers_with_one_warm_up_each(patched):
     assert [run["agg_out_tok_s"] for run in c16["runs"]] == [110.0, 112.0, 114.0]
     assert c16["summary"]["agg_out_tok_s"] == {"median": 112.0, "min": 110.0, "max": 114.0}
     assert c16["config"]["repeat"] == 3 and c16["config"]["concurrency"] == 16
+    assert c16["config"]["warmup"] == 16 and c16["config"]["model"] == "smollm2"  # run 1's
     assert results["seekserve"]["startup_s"] == 1.5
     assert results["seekserve"]["peak_rss_bytes"] == 2**20
     assert results["llama"]["exit_code"] == 0
